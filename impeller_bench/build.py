@@ -1,0 +1,607 @@
+"""Build a benchmark dataset from source records: scan, group, select, write.
+
+The pipeline is four pure-ish steps that tests call one by one:
+
+- :func:`scan` decodes every image once: checks it, fingerprints it for photo
+  grouping and measures the simple statistics the selection stratifies on.
+- :func:`group_photos` joins variants of one photo (see :mod:`.grouping`).
+- :func:`plan_split` picks the train and test images for a seed.
+- :func:`write_dataset` writes the MVTec AD layout and ``manifest.json``
+  atomically, from a plan or from a published split file
+  (:func:`plan_from_split_file`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from . import grouping
+from .data import FORMAT_VERSION, MANIFEST_NAME, manifest_bytes
+from .errors import ImpellerBenchError
+from .imageio import (
+    decode_image,
+    encode_png,
+    read_gray,
+    resize_area,
+    resize_mask_area,
+    sha256_bytes,
+    staged_directory,
+)
+from .report import ERROR, Finding
+from .sources import DEFECT, GOOD, SourceRecord
+from .sources.references import reference_for
+
+TRAIN, TEST = "train", "test"
+NATIVE = "native"
+
+Progress = Callable[[Iterable, str], Iterable]
+
+
+def _no_progress(items, label):
+    return items
+
+
+@dataclass(frozen=True)
+class Counts:
+    train_good: int = 400
+    test_good: int = 100
+    test_defect: int = 100
+
+
+@dataclass(frozen=True)
+class ScannedImage:
+    """What one decoding pass learns about an image."""
+
+    fingerprint: grouping.Fingerprint
+    brightness: float  # mean grey level, 0..255: lighting
+    off_centre: float  # distance of the part's centre from the image centre, as a fraction of the size: pose
+
+
+def scan(records: Sequence[SourceRecord], progress: Progress = _no_progress):
+    """Decode every record once. Returns (scans, findings); a scan is None where the image failed."""
+    scans: list[ScannedImage | None] = []
+    findings: list[Finding] = []
+    for record in progress(records, "reading images"):
+        try:
+            gray = read_gray(record.path)
+        except ImpellerBenchError as exc:
+            findings.append(Finding(ERROR, "unreadable-image", _where(record), str(exc).split(": ", 1)[-1]))
+            scans.append(None)
+            continue
+        bad_mask = next(
+            (name for name, m in (("defect", record.defect_mask), ("foreground", record.foreground_mask))
+             if m is not None and m.shape != gray.shape),
+            None,
+        )
+        if bad_mask:
+            mask = record.defect_mask if bad_mask == "defect" else record.foreground_mask
+            findings.append(
+                Finding(ERROR, "mask-size-mismatch", _where(record),
+                        f"{bad_mask} mask is {mask.shape[1]}x{mask.shape[0]}, image is {gray.shape[1]}x{gray.shape[0]}")
+            )
+            scans.append(None)
+            continue
+        fp = grouping.fingerprint(gray)
+        off = float(np.hypot(fp.center[0] / grouping.WORK_SIZE - 0.5, fp.center[1] / grouping.WORK_SIZE - 0.5))
+        scans.append(ScannedImage(fp, float(gray.mean()), off))
+    return scans, findings
+
+
+def _where(record: SourceRecord) -> str:
+    """How findings name a record's file: source name, then its path inside the source."""
+    return f"{record.source}/{record.relpath}"
+
+
+def group_photos(records: Sequence[SourceRecord], scans: Sequence[ScannedImage | None], **options) -> grouping.PhotoGroups:
+    """Photo groups over the records that scanned; unscanned records get groups of their own."""
+    usable = [i for i, s in enumerate(scans) if s is not None]
+    found = grouping.find_photo_groups(
+        [records[i].sha256 for i in usable], [scans[i].fingerprint for i in usable], **options
+    )
+    group_of = np.empty(len(records), dtype=np.int64)
+    group_of[usable] = found.group_of
+    rest = [i for i, s in enumerate(scans) if s is None]
+    group_of[rest] = found.n_groups + np.arange(len(rest))
+    matches = [(usable[a], usable[b], s) for a, b, s in found.content_matches]
+    return grouping.PhotoGroups(group_of, found.exact_duplicate_pairs, matches)
+
+
+@dataclass(frozen=True)
+class Selected:
+    record: int  # index into the records
+    split: str  # TRAIN or TEST
+    label: str
+    group: int
+    group_shared_with_train: bool = False
+
+
+@dataclass
+class SplitPlan:
+    selected: list[Selected]
+    counts: Counts
+    seed: int | None
+    notes: dict = field(default_factory=dict)
+
+
+def eligible(records, scans, findings) -> np.ndarray:
+    """Records that scanned and have no error finding: the ones a split may use."""
+    bad = {f.path for f in findings if f.severity == ERROR}
+    return np.array([s is not None and _where(r) not in bad for r, s in zip(records, scans)], bool)
+
+
+def plan_split(
+    records: Sequence[SourceRecord],
+    scans: Sequence[ScannedImage | None],
+    groups: grouping.PhotoGroups,
+    usable: np.ndarray,
+    counts: Counts = Counts(),
+    seed: int = 0,
+) -> SplitPlan:
+    """Choose train and test images; no photo group has members on both sides.
+
+    1. Test defects: defect images with a non-empty mask, spread over defect
+       class combinations and defect sizes, one per photo group while groups last.
+    2. Their groups are test-side. Good images' groups are added to the test
+       side, those holding good photos from mask-bearing sources (the source of
+       the test defects: same camera and resolution, so that the test classes
+       do not differ by source) and small groups first, until the test side
+       holds enough good images; every other group is train-side.
+    3. Test good and train good are spread over lighting and pose
+       (systematic sampling over images sorted by brightness band, then
+       off-centre distance), test good preferring mask-bearing sources.
+    All random choices (order among ties, sampling offsets) come from ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    group_of = groups.group_of
+    defects = [i for i in np.nonzero(usable)[0] if records[i].label == DEFECT and records[i].has_mask and records[i].defect_mask.any()]
+    goods = [i for i in np.nonzero(usable)[0] if records[i].label == GOOD]
+    mask_sources = {records[i].source for i in defects}
+
+    test_defect = None
+    if len(defects) >= counts.test_defect:
+        first, rest = _one_per_group_first(defects, group_of, rng)
+        defect_key = lambda i: ("+".join(records[i].defect_classes), int(records[i].defect_mask.sum()))
+        test_defect = _pick_preferring(first, rest, counts.test_defect, defect_key, rng)
+    test_groups = set(group_of[test_defect]) if test_defect is not None else set()
+
+    good_groups: dict[int, list[int]] = {}
+    for i in goods:
+        good_groups.setdefault(int(group_of[i]), []).append(i)
+    order = list(good_groups)
+    rng.shuffle(order)
+    order.sort(key=lambda g: (not any(records[i].source in mask_sources for i in good_groups[g]), len(good_groups[g])))
+    test_side_goods = [i for g in good_groups if g in test_groups for i in good_groups[g]]
+    for g in order:
+        if len(test_side_goods) >= counts.test_good:
+            break
+        if g not in test_groups:
+            test_groups.add(g)
+            test_side_goods += good_groups[g]
+    train_side_goods = [i for i in goods if group_of[i] not in test_groups]
+
+    available = {
+        "test_defect": len(defects),
+        "test_good": len(test_side_goods),
+        "train_good": len(train_side_goods),
+        "good_images": len(goods),
+        "good_groups": len(good_groups),
+        "defect_groups": len({int(group_of[i]) for i in defects}),
+    }
+    if (test_defect is None or len(test_side_goods) < counts.test_good or len(train_side_goods) < counts.train_good):
+        raise ImpellerBenchError(
+            "the sources hold too few usable images for the requested split: asked for "
+            f"{counts.train_good} train good, {counts.test_good} test good, {counts.test_defect} test defect; "
+            f"available: {available['good_images']} good images in {available['good_groups']} photo groups "
+            f"({available['test_good']} on the test side, {available['train_good']} left for training once "
+            f"groups are kept whole) and {available['test_defect']} defect images with masks "
+            f"in {available['defect_groups']} groups. Nothing was written."
+        )
+
+    def lighting_and_pose(candidates):
+        brightness = np.array([scans[i].brightness for i in candidates])
+        edges = np.quantile(brightness, [0.25, 0.5, 0.75]) if len(candidates) else []
+        band = {i: int(np.searchsorted(edges, scans[i].brightness)) for i in candidates}
+        # Serpentine order: alternate pose direction per band, so neighbours stay alike.
+        return lambda i: (band[i], scans[i].off_centre * (1 if band[i] % 2 == 0 else -1))
+
+    preferred = [i for i in test_side_goods if records[i].source in mask_sources]
+    others = [i for i in test_side_goods if records[i].source not in mask_sources]
+    test_good = _pick_preferring(preferred, others, counts.test_good, lighting_and_pose(test_side_goods), rng)
+    train_good = _spread_pick(train_side_goods, counts.train_good, lighting_and_pose(train_side_goods), rng)
+
+    selected = (
+        [Selected(int(i), TRAIN, GOOD, int(group_of[i])) for i in train_good]
+        + [Selected(int(i), TEST, GOOD, int(group_of[i])) for i in test_good]
+        + [Selected(int(i), TEST, DEFECT, int(group_of[i])) for i in test_defect]
+    )
+    return SplitPlan(selected, counts, seed, {"available": available})
+
+
+def plan_image_level(records, groups: grouping.PhotoGroups, usable: np.ndarray, train_from: SplitPlan,
+                     source: str, folder: str = "test/") -> SplitPlan:
+    """An image-level split: ``train_from``'s training images, and every usable image of ``source``
+    under ``folder`` (e.g. Kaggle's own test folder) as the test set, masks or not.
+
+    Kaggle's folders share photo groups with each other, so such a test set
+    cannot be kept apart from any training set; each test entry records
+    whether its group also has a training image (``group_shared_with_train``).
+    """
+    train = [s for s in train_from.selected if s.split == TRAIN]
+    train_groups = {s.group for s in train}
+    test = [
+        Selected(i, TEST, records[i].label, int(groups.group_of[i]), int(groups.group_of[i]) in train_groups)
+        for i in np.nonzero(usable)[0]
+        if records[i].source == source and records[i].relpath.startswith(folder)
+    ]
+    if not test:
+        raise ImpellerBenchError(f"no usable image of source {source!r} under {folder!r}")
+    counts = Counts(len(train), sum(s.label == GOOD for s in test), sum(s.label == DEFECT for s in test))
+    shared = sum(s.group_shared_with_train for s in test)
+    return SplitPlan(train + test, counts, train_from.seed, {"test_images_sharing_a_group_with_train": shared})
+
+
+def _one_per_group_first(candidates, group_of, rng) -> tuple[list[int], list[int]]:
+    """(a random representative of each group, the remaining members)."""
+    seen, first, rest = set(), [], []
+    for k in rng.permutation(len(candidates)):
+        i = candidates[k]
+        (rest if group_of[i] in seen else first).append(i)
+        seen.add(group_of[i])
+    return first, rest
+
+
+def _pick_preferring(preferred, others, n, key, rng) -> list[int]:
+    """n candidates spread over ``key``: from ``preferred`` alone when it holds enough, else all of it plus the rest from ``others``."""
+    if len(preferred) >= n:
+        return _spread_pick(preferred, n, key, rng)
+    return list(preferred) + _spread_pick(others, n - len(preferred), key, rng)
+
+
+def _spread_pick(candidates, n, key, rng) -> list[int]:
+    """Systematic sample of n candidates spread over the order of ``key``.
+
+    Candidates are shuffled (ties fall randomly), sorted by key, and taken at
+    evenly spaced positions from a random offset.
+    """
+    if n <= 0:
+        return []
+    if n > len(candidates):
+        raise ValueError(f"cannot pick {n} of {len(candidates)} candidates")
+    shuffled = [candidates[k] for k in rng.permutation(len(candidates))]
+    ordered = sorted(shuffled, key=key)
+    positions = np.floor((np.arange(n) + rng.uniform()) * len(ordered) / n).astype(int)
+    return [ordered[p] for p in positions]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _entry_id(split: str, label: str, stem: str, taken: set[str], sha256: str) -> str:
+    entry_id = f"{split}/{label}/{stem}"
+    if entry_id in taken:  # the same file name from two sources or folders
+        entry_id = f"{split}/{label}/{stem}-{sha256[:8]}"
+    taken.add(entry_id)
+    return entry_id
+
+
+def region_stats(mask: np.ndarray) -> tuple[int, int]:
+    """(number of 8-connected regions, defect area in pixels)."""
+    _, count = ndi.label(mask, structure=np.ones((3, 3), bool))
+    return int(count), int(mask.sum())
+
+
+@dataclass
+class RenderedImage:
+    """One dataset image ready to write: its bytes, masks and manifest facts."""
+
+    split: str
+    label: str
+    stem: str
+    source: str
+    source_path: str
+    source_sha256: str
+    image_bytes: bytes
+    suffix: str
+    defect_mask: np.ndarray | None = None
+    foreground_mask: np.ndarray | None = None
+    defect_classes: tuple[str, ...] = ()
+    group: int = 0
+    group_shared_with_train: bool = False
+
+
+def render(record: SourceRecord, sel: Selected, size: int | str) -> RenderedImage:
+    """The image (and masks) of a selected record at the dataset's size."""
+    data = record.path.read_bytes()
+    mask, foreground = record.defect_mask, record.foreground_mask
+    if size == NATIVE:
+        image_bytes, suffix = data, record.path.suffix.lower()
+    else:
+        gray = np.asarray(decode_image(data, record.path).convert("L"))
+        image_bytes, suffix = encode_png(resize_area(gray, size)), ".png"
+        mask = None if mask is None else resize_mask_area(mask, size)
+        foreground = None if foreground is None else resize_mask_area(foreground, size)
+    return RenderedImage(
+        sel.split, sel.label, record.stem, record.source, record.relpath, record.sha256, image_bytes, suffix,
+        mask if sel.label == DEFECT else None, foreground,
+        record.defect_classes if sel.label == DEFECT else (), sel.group, sel.group_shared_with_train,
+    )
+
+
+def write_rendered(items: Iterable[RenderedImage], out: Path | None) -> list[dict]:
+    """Write rendered images under ``out`` (when given) in the MVTec layout; returns manifest entries."""
+    taken: set[str] = set()
+    entries = []
+    for item in items:
+        entry_id = _entry_id(item.split, item.label, item.stem, taken, item.source_sha256)
+        entry = {
+            "id": entry_id,
+            "split": item.split,
+            "label": item.label,
+            "source": item.source,
+            "source_path": item.source_path,
+            "source_sha256": item.source_sha256,
+            "file": f"{entry_id}{item.suffix}",
+            "sha256": sha256_bytes(item.image_bytes),
+            "mask": None,
+            "mask_sha256": None,
+            "foreground": None,
+            "foreground_sha256": None,
+            "defect_classes": list(item.defect_classes),
+            "region_count": 0,
+            "defect_area": 0,
+            "group": item.group,
+            "group_shared_with_train": item.group_shared_with_train,
+        }
+        files = {entry["file"]: item.image_bytes}
+        if item.defect_mask is not None:
+            mask_png = encode_png(item.defect_mask)
+            entry["mask"] = f"ground_truth/{item.label}/{entry_id.split('/', 2)[2]}_mask.png"
+            entry["mask_sha256"] = sha256_bytes(mask_png)
+            entry["region_count"], entry["defect_area"] = region_stats(item.defect_mask)
+            files[entry["mask"]] = mask_png
+        if item.foreground_mask is not None:
+            fg_png = encode_png(item.foreground_mask)
+            entry["foreground"] = f"foreground/{entry_id}_mask.png"
+            entry["foreground_sha256"] = sha256_bytes(fg_png)
+            files[entry["foreground"]] = fg_png
+        if out is not None:
+            for rel, data in files.items():
+                target = out / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        entries.append(entry)
+    return entries
+
+
+def make_manifest(name: str, records, plan: SplitPlan, size, defect_classes, group_threshold, entries) -> dict:
+    sources = sorted({(records[s.record].source, records[s.record].kind) for s in plan.selected})
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "build": {
+            "size": size,
+            "seed": plan.seed,
+            "train_good": plan.counts.train_good,
+            "test_good": plan.counts.test_good,
+            "test_defect": plan.counts.test_defect,
+            "defect_classes": list(defect_classes),
+            "group_threshold": group_threshold,
+            "pixel_masks": all(records[s.record].has_mask for s in plan.selected if s.label == DEFECT),
+            "mask_rule": "area-average resample; a pixel is defective when at least half its area was",
+        },
+        "sources": {name_: reference_for(name_, kind) for name_, kind in sources},
+        "entries": entries,
+    }
+
+
+def write_dataset(
+    out: str | Path,
+    records,
+    plan: SplitPlan,
+    *,
+    name: str = "custom",
+    size: int | str = 256,
+    defect_classes=(),
+    group_threshold: float = grouping.DEFAULT_MATCH_THRESHOLD,
+    report: dict | None = None,
+    expected: dict | None = None,
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+) -> dict:
+    """Write the dataset atomically; returns its manifest.
+
+    With ``expected`` (a published split's manifest), every written file's
+    sha256 must equal the published one, or nothing is written.
+    """
+    with staged_directory(out, overwrite=overwrite) as stage:
+        rendered = (render(records[sel.record], sel, size) for sel in progress(plan.selected, "writing images"))
+        entries = write_rendered(rendered, stage)
+        manifest = make_manifest(name, records, plan, size, defect_classes, group_threshold, entries)
+        if expected is not None:
+            _check_reproduced(manifest, expected)
+            manifest = expected
+        (stage / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
+        if report is not None:
+            (stage / "build_report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def _check_reproduced(manifest: dict, expected: dict) -> None:
+    differing = []
+    for got, want in zip(manifest["entries"], expected["entries"]):
+        for key in ("sha256", "mask_sha256", "foreground_sha256"):
+            if got[key] != want[key]:
+                differing.append(f"{want['id']} ({key.replace('_sha256', '') if key != 'sha256' else 'image'})")
+    if differing:
+        raise ImpellerBenchError(
+            f"{len(differing)} written file(s) differ from the published split (an image decoder or "
+            f"encoder that differs from the one the split was made with): " + ", ".join(differing[:20])
+            + (" ..." if len(differing) > 20 else "")
+        )
+
+
+# --------------------------------------------------------------------------- published splits
+
+
+def load_split_file(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        split = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ImpellerBenchError(f"cannot read split file ({exc})", path) from exc
+    if not isinstance(split, dict) or split.get("format_version") != FORMAT_VERSION or "entries" not in split:
+        raise ImpellerBenchError(f"not a split file of format version {FORMAT_VERSION}", path)
+    return split
+
+
+def plan_from_split_file(split: dict, records: Sequence[SourceRecord]) -> SplitPlan:
+    """The plan a published split describes, checked against the given sources' checksums."""
+    index = {(r.source, r.relpath): k for k, r in enumerate(records)}
+    by_kind: dict[str, list[str]] = {}
+    for r in records:
+        by_kind.setdefault(r.kind, [])
+        if r.source not in by_kind[r.kind]:
+            by_kind[r.kind].append(r.source)
+    rename = {}
+    for name, ref in split["sources"].items():
+        given = by_kind.get(ref["kind"], [])
+        if name in given:
+            rename[name] = name
+        elif len(given) == 1:
+            rename[name] = given[0]  # the user's folder may carry another name
+        else:
+            raise ImpellerBenchError(
+                f"split needs source {name!r} ({ref['kind']}); give its folder with --{ref['kind']}"
+                + (f" (given: {', '.join(given)})" if given else "")
+            )
+    problems, selected = [], []
+    for e in split["entries"]:
+        key = (rename[e["source"]], e["source_path"])
+        if key not in index:
+            problems.append(f"{key[0]}/{key[1]}: missing")
+            continue
+        record = records[index[key]]
+        if record.sha256 != e["source_sha256"]:
+            problems.append(f"{key[0]}/{key[1]}: sha256 {record.sha256[:12]}... differs from the split's {e['source_sha256'][:12]}...")
+            continue
+        if e["mask"] is not None and record.defect_mask is None:
+            problems.append(f"{key[0]}/{key[1]}: the split needs its defect mask, the source has none")
+            continue
+        selected.append(Selected(index[key], e["split"], e["label"], e["group"], e["group_shared_with_train"]))
+    if problems:
+        raise ImpellerBenchError(
+            f"{len(problems)} source file(s) do not match the split (nothing was written):\n  " + "\n  ".join(problems)
+        )
+    b = split["build"]
+    return SplitPlan(selected, Counts(b["train_good"], b["test_good"], b["test_defect"]), b["seed"])
+
+
+# --------------------------------------------------------------------------- the whole job
+
+
+def read_sources(supervisely=(), kaggle=(), mvtec=(), defect_classes=None):
+    """Run the importers over the given folders; returns (records, findings)."""
+    from .sources import read_source
+    from .sources.supervisely import DEFAULT_DEFECT_CLASSES
+
+    records, findings = [], []
+    for kind, roots in (("supervisely", supervisely), ("kaggle", kaggle), ("mvtec", mvtec)):
+        for root in roots:
+            options = {"defect_classes": defect_classes or DEFAULT_DEFECT_CLASSES} if kind == "supervisely" else {}
+            found_records, found = read_source(kind, root, **options)
+            records += found_records
+            findings += found
+    names = [r.source for r in records]
+    if len({(r.source, r.relpath) for r in records}) != len(records):
+        raise ImpellerBenchError("two source folders share a name: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    if not records:
+        raise ImpellerBenchError("no source images: give at least one --supervisely, --kaggle or --mvtec folder")
+    return records, findings
+
+
+def build_split(
+    out: str | Path,
+    *,
+    supervisely=(),
+    kaggle=(),
+    mvtec=(),
+    counts: Counts = Counts(),
+    seed: int = 0,
+    size: int | str = 256,
+    split_file: str | Path | None = None,
+    defect_classes=None,
+    group_threshold: float = grouping.DEFAULT_MATCH_THRESHOLD,
+    name: str = "custom",
+    overwrite: bool = False,
+    progress: Progress = _no_progress,
+) -> tuple[dict, dict]:
+    """Build a dataset folder from source folders; returns (manifest, build report).
+
+    With ``split_file`` the published split is rebuilt exactly (counts, seed,
+    size and classes come from it); otherwise images are selected for ``seed``.
+    """
+    from .sources.supervisely import DEFAULT_DEFECT_CLASSES
+
+    if split_file is not None:
+        split = load_split_file(split_file)
+        b = split["build"]
+        records, findings = read_sources(supervisely, kaggle, mvtec, b["defect_classes"])
+        plan = plan_from_split_file(split, records)
+        report = {"split_file": str(split_file), "entries_verified": len(plan.selected)}
+        manifest = write_dataset(
+            out, records, plan, name=split["name"], size=b["size"], defect_classes=b["defect_classes"],
+            group_threshold=b["group_threshold"], report=report, expected=split, overwrite=overwrite, progress=progress,
+        )
+        return manifest, report
+
+    defect_classes = tuple(defect_classes or DEFAULT_DEFECT_CLASSES)
+    records, findings = read_sources(supervisely, kaggle, mvtec, defect_classes)
+    scans, scan_findings = scan(records, progress)
+    findings += scan_findings
+    groups = group_photos(records, scans, threshold=group_threshold, progress=progress)
+    usable = eligible(records, scans, findings)
+    plan = plan_split(records, scans, groups, usable, counts, seed)
+    report = build_report(records, findings, groups, usable, plan)
+    manifest = write_dataset(
+        out, records, plan, name=name, size=size, defect_classes=defect_classes,
+        group_threshold=group_threshold, report=report, overwrite=overwrite, progress=progress,
+    )
+    return manifest, report
+
+
+def build_report(records, findings, groups, usable, plan: SplitPlan) -> dict:
+    """What the build left out and why, and what the photo grouping found."""
+    group_of = groups.group_of
+    labels_of_group: dict[int, set[str]] = {}
+    for r, g in zip(records, group_of):
+        labels_of_group.setdefault(int(g), set()).add(r.label)
+    excluded = [_where(r) for r, ok in zip(records, usable) if not ok]
+    errors_by_path: dict[str, list[str]] = {}
+    for f in findings:
+        if f.severity == ERROR:
+            errors_by_path.setdefault(f.path, []).append(f.message)
+    return {
+        "records": len(records),
+        "excluded": {path: errors_by_path.get(path, ["not usable"]) for path in excluded},
+        "grouping": groups.summary() | {
+            "groups_with_good_and_defect": sum(1 for labels in labels_of_group.values() if len(labels) > 1),
+        },
+        "available": plan.notes.get("available", {}),
+        "selected": {
+            f"{split}_{label}": sum(1 for s in plan.selected if s.split == split and s.label == label)
+            for split, label in ((TRAIN, GOOD), (TEST, GOOD), (TEST, DEFECT))
+        },
+        "findings": {code: n for code, n in sorted(_count_codes(findings).items())},
+    }
+
+
+def _count_codes(findings) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in findings:
+        out[f.code] = out.get(f.code, 0) + 1
+    return out

@@ -1,0 +1,133 @@
+"""The ``impeller-bench`` command line: a thin layer over the library."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ImpellerBenchError
+
+
+def _progress(items, label):
+    """A progress bar on stderr for long loops (click hides it when stderr is not a terminal)."""
+    items = list(items)
+    with click.progressbar(items, label=label.ljust(26), file=sys.stderr, show_pos=True) as bar:
+        yield from bar
+
+
+class _Group(click.Group):
+    """Turns the library's input errors into one clean line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ImpellerBenchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="impeller-bench")
+def main():
+    """Dataset and benchmark toolkit for pixel-level anomaly detection on cast impellers."""
+
+
+def _size(value: str):
+    if value == "native":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        raise click.BadParameter("a number of pixels, or 'native'") from None
+    if size < 32:
+        raise click.BadParameter("at least 32 pixels")
+    return size
+
+
+@main.command("build-split")
+@click.option("--supervisely", "supervisely", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Supervisely project folder (img/ + ann/); repeatable.")
+@click.option("--kaggle", "kaggle", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Kaggle casting folder (ok_front/, def_front/, optionally under train/ and test/); repeatable.")
+@click.option("--mvtec", "mvtec", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="MVTec AD layout folder used as a source; repeatable.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
+@click.option("--train-good", default=400, show_default=True, type=click.IntRange(0))
+@click.option("--test-good", default=100, show_default=True, type=click.IntRange(0))
+@click.option("--test-defect", default=100, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--size", default="256", show_default=True, help="Side in pixels (area-averaged), or 'native' to copy the original bytes.")
+@click.option("--split", "split_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Rebuild a published split (annotations/*.json) exactly; counts, seed and size come from it.")
+@click.option("--defect-class", "defect_classes", multiple=True, help="Supervisely classes that count as defects (default: holes, chipping, deburring).")
+@click.option("--group-threshold", default=None, type=click.FloatRange(0, 1), help="Match score that joins two images into one photo group (default 0.7).")
+@click.option("--name", default="custom", show_default=True, help="Name recorded in the manifest.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def build_split_command(supervisely, kaggle, mvtec, out, train_good, test_good, test_defect, seed, size, split_file,
+                        defect_classes, group_threshold, name, overwrite):
+    """Build the benchmark dataset (MVTec AD layout + manifest.json) from public sources."""
+    from .build import Counts, build_split
+    from .grouping import DEFAULT_MATCH_THRESHOLD
+
+    manifest, report = build_split(
+        out, supervisely=supervisely, kaggle=kaggle, mvtec=mvtec,
+        counts=Counts(train_good, test_good, test_defect), seed=seed, size=_size(size), split_file=split_file,
+        defect_classes=defect_classes or None,
+        group_threshold=DEFAULT_MATCH_THRESHOLD if group_threshold is None else group_threshold,
+        name=name, overwrite=overwrite, progress=_progress,
+    )
+    click.echo(build_summary(manifest, report, out))
+
+
+def build_summary(manifest: dict, report: dict, out: Path) -> str:
+    entries = manifest["entries"]
+    count = lambda split, label: sum(1 for e in entries if e["split"] == split and e["label"] == label)
+    lines = [f"wrote {out}: {count('train', 'good')} train good, {count('test', 'good')} test good, "
+             f"{count('test', 'defect')} test defect ({manifest['name']}, size {manifest['build']['size']})"]
+    if "grouping" in report:
+        g = report["grouping"]
+        lines.append(f"photo groups: {g['groups']} groups from {g['images']} images; {g['groups_with_several_images']} "
+                     f"groups hold several images ({g['images_in_shared_groups']} images); merges: "
+                     f"{g['exact_duplicate_pairs']} byte-identical pairs, {g['content_matches']} content matches")
+        lines.append(f"left out: {len(report['excluded'])} image(s) that failed validation (see build_report.json)")
+        for path, reasons in list(report["excluded"].items())[:10]:
+            lines.append(f"  {path}: {'; '.join(reasons)}")
+    else:
+        lines.append(f"verified {report['entries_verified']} entries against {report['split_file']}: byte for byte")
+    return "\n".join(lines)
+
+
+@main.command("validate")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--min-region-area", default=16, show_default=True, type=click.IntRange(1), help="Smaller defect regions are reported.")
+def validate_command(folder, as_json, min_region_area):
+    """Validate a built dataset or a source folder; exit code 0 only when nothing is an error."""
+    from .validate import validate
+
+    report = validate(folder, min_region_area, _progress)
+    click.echo(report.to_json() if as_json else report.text(f"validated {folder}"))
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command("synth")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--train-good", default=60, show_default=True, type=click.IntRange(0))
+@click.option("--test-good", default=20, show_default=True, type=click.IntRange(0))
+@click.option("--test-defect", default=20, show_default=True, type=click.IntRange(0))
+@click.option("--size", default=256, show_default=True, type=click.IntRange(32))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite):
+    """Write synthetic impellers with exact defect masks, in the benchmark's layout."""
+    from .synth import write_synthetic
+
+    manifest = write_synthetic(out, train_good, test_good, test_defect, size, seed, overwrite, _progress)
+    click.echo(f"wrote {out}: {train_good} train good, {test_good} test good, {test_defect} test defect "
+               f"(synthetic, size {size}, seed {seed}, {len(manifest['entries'])} images)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,31 @@
+"""Where the public sources come from: the references written into every split file."""
+from __future__ import annotations
+
+KNOWN_SOURCES = {
+    "casting-supervisely": {
+        "kind": "supervisely",
+        "description": "220 photos of the Kaggle casting set at 512x512 with pixel-level defect annotations (Supervisely JSON)",
+        "repository": "https://github.com/MassimilianoBiancucci/Mask-RCNN-training-with-docker-containers-on-Sagemaker",
+        "commit": "9b0dce34b3f774ffc7b4b39e6e424e121383f174",
+        "folder": "datasets/cast_dataset_polish/training",
+        "archive": "https://github.com/MassimilianoBiancucci/Mask-RCNN-training-with-docker-containers-on-Sagemaker/archive/9b0dce34b3f774ffc7b4b39e6e424e121383f174.zip",
+        "license": "images: CC BY-NC-ND 4.0 (Kaggle, ravirajsinh45); annotations: GPL-3.0 (repository licence)",
+    },
+    "casting-kaggle-300": {
+        "kind": "kaggle",
+        "description": "Kaggle 'casting product image data for quality inspection', 300x300 augmented set: train/ and test/ with ok_front/ and def_front/",
+        "kaggle_dataset": "ravirajsinh45/real-life-industrial-dataset-of-casting-product",
+        "repository": "https://github.com/maomao7784/Casting-Product-Quality-Inspection",
+        "commit": "38ce5fee0df4bdca1d99a4e45a26fdb847683e53",
+        "folder": "data/casting_data",
+        "license": "CC BY-NC-ND 4.0 (Kaggle, ravirajsinh45)",
+    },
+}
+
+
+def reference_for(name: str, kind: str) -> dict:
+    """The known reference of a source, or a minimal one for a folder we do not know."""
+    known = KNOWN_SOURCES.get(name)
+    if known is not None and known["kind"] == kind:
+        return dict(known)
+    return {"kind": kind}

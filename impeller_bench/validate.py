@@ -1,0 +1,127 @@
+"""Validate a built dataset or a source folder, and report every problem found.
+
+Errors make a folder unusable as it stands (unreadable images, masks missing,
+of the wrong size, not binary or empty on a defect image, masks on good
+images, checksums that do not match the manifest, source annotations that
+contradict themselves); warnings are worth a look (tiny defect regions,
+missing tags); notes are facts (byte-identical copies, reused file names).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import MANIFEST_NAME, load_dataset
+from .errors import ImpellerBenchError
+from .imageio import decode_image, sha256_bytes
+from .report import ERROR, WARNING, Report
+from .sources import detect_kind
+from .sources.supervisely import DEFAULT_MIN_REGION_AREA, tiny_region_findings
+
+
+def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
+    """Validate whatever ``path`` holds: a built dataset, an MVTec folder, or a source folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ImpellerBenchError("folder not found", path)
+    if (path / MANIFEST_NAME).is_file() or (path / "train" / "good").is_dir():
+        return validate_dataset(path, min_region_area, progress)
+    kind = detect_kind(path)
+    if kind is None:
+        raise ImpellerBenchError(
+            "not a dataset (manifest.json or train/good/) nor a known source layout (Supervisely img/ + ann/, Kaggle *_front/)",
+            path,
+        )
+    return validate_source(path, kind, min_region_area, progress)
+
+
+def validate_source(path: Path, kind: str, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
+    from .build import scan
+    from .sources import read_source
+
+    options = {"min_region_area": min_region_area} if kind == "supervisely" else {}
+    records, findings = read_source(kind, path, **options)
+    report = Report(list(findings))
+    _, scan_findings = scan(records, progress or (lambda items, label: items))
+    report.extend(scan_findings)
+    return report
+
+
+def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
+    """Check every image and mask of a dataset folder against its manifest (when it has one)."""
+    progress = progress or (lambda items, label: items)
+    report = Report()
+    try:
+        dataset = load_dataset(root)
+    except ImpellerBenchError as exc:
+        report.add(ERROR, "bad-manifest", exc.path or str(root), str(exc).split(": ", 1)[-1])
+        return report
+    entries = {e["id"]: e for e in (dataset.manifest or {}).get("entries", [])}
+    if dataset.manifest is not None and len(entries) != len(dataset.manifest["entries"]):
+        report.add(ERROR, "duplicate-id", MANIFEST_NAME, "the manifest lists an id more than once")
+    referenced: set[Path] = set()
+    for sample in progress(dataset.train + dataset.test, "checking images"):
+        entry = entries.get(sample.id)
+        rel = sample.image_path.relative_to(root).as_posix()
+        referenced.add(sample.image_path)
+        image = _check_file(report, root, sample.image_path, entry and entry.get("sha256"), "image")
+        if image is None:
+            continue
+        size = image.size
+        if not sample.is_defect:
+            if entry is not None and entry.get("mask"):
+                report.add(ERROR, "mask-on-good-image", rel, f"good image has a mask ({entry['mask']})")
+            continue
+        if sample.mask_path is None:
+            if dataset.has_pixel_masks:
+                report.add(ERROR, "missing-mask", rel, "defect image has no mask")
+            continue
+        referenced.add(sample.mask_path)
+        mask_rel = sample.mask_path.relative_to(root).as_posix()
+        mask_image = _check_file(report, root, sample.mask_path, entry and entry.get("mask_sha256"), "mask")
+        if mask_image is None:
+            continue
+        if mask_image.size != size:
+            report.add(ERROR, "mask-size-mismatch", mask_rel,
+                       f"mask is {mask_image.size[0]}x{mask_image.size[1]}, its image {rel} is {size[0]}x{size[1]}")
+            continue
+        values = np.asarray(mask_image.convert("L"))
+        if not np.isin(values, (0, 255)).all():
+            report.add(ERROR, "mask-not-binary", mask_rel, f"mask values {np.unique(values)[:8].tolist()} (expected 0 and 255)")
+            continue
+        mask = values == 255
+        if not mask.any():
+            report.add(ERROR, "empty-mask", mask_rel, "mask of a defect image has no defect pixel")
+            continue
+        report.extend(tiny_region_findings(mask, mask_rel, min_region_area))
+        if entry is not None and int(mask.sum()) != entry.get("defect_area", int(mask.sum())):
+            report.add(ERROR, "manifest-mismatch", mask_rel, f"defect area {int(mask.sum())} but the manifest says {entry['defect_area']}")
+    gt = root / "ground_truth"
+    if gt.is_dir():
+        stems_of_good = {s.image_path.stem for s in dataset.test if not s.is_defect}
+        for mask_path in sorted(gt.rglob("*_mask.png")):
+            if mask_path in referenced:
+                continue
+            rel = mask_path.relative_to(root).as_posix()
+            stem = mask_path.name[: -len("_mask.png")]
+            if mask_path.parent.name == "good" or stem in stems_of_good:
+                report.add(ERROR, "mask-on-good-image", rel, "a mask for a good image")
+            else:
+                report.add(WARNING, "unlisted-file", rel, "mask of no listed defect image")
+    return report
+
+
+def _check_file(report: Report, root: Path, path: Path, expected_sha256: str | None, what: str):
+    rel = path.relative_to(root).as_posix()
+    if not path.is_file():
+        report.add(ERROR, f"missing-{what}", rel, f"{what} file is missing")
+        return None
+    data = path.read_bytes()
+    if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
+        report.add(ERROR, "checksum-mismatch", rel, f"sha256 {sha256_bytes(data)[:12]}... differs from the manifest's {expected_sha256[:12]}...")
+    try:
+        return decode_image(data, rel)
+    except ImpellerBenchError as exc:
+        report.add(ERROR, f"unreadable-{what}", rel, str(exc).split(": ", 1)[-1])
+        return None
