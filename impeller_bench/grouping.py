@@ -17,11 +17,14 @@ found by content:
    mean and the lowest angular harmonics removed (the rings every impeller has
    in common, and lighting gradients), are correlated over all rotations, with
    and without a flip. The peak, a mean correlation per ring, is the *match
-   score*. On the shared data, random pairs score about 0.25 (99th percentile
-   about 0.7) and synthetic variants (rotation, flip, 10% scale, 12 pixel
-   shift, relighting) 0.7 to 1. The default threshold, 0.7, errs towards
-   merging: a group kept wholly on one side costs a little choice, a split
-   one leaks. Pairs at about 0.6 were seen to be different parts.
+   score*. Only rings between SCORE_MIN_RADIUS and the rim count: near the
+   centre a fraction of a pixel of centring error turns into a large angle,
+   and beyond the rim shifts and crops change what is seen.
+   On the shared data the best-10 candidate scores are bimodal: one mode at
+   0.1-0.3, one at 0.75-0.97, a valley at 0.45-0.6. Synthetic variants of
+   real photos (rotation, flip, 10% scale, 12 pixel shift, relighting) score
+   0.84 or more; the default threshold, 0.7, errs towards merging: a group
+   kept wholly on one side costs a little choice, a split one leaks.
 4. Matches and byte-identical files are joined into connected components.
 """
 from __future__ import annotations
@@ -43,8 +46,12 @@ DEFAULT_MATCH_THRESHOLD = 0.7
 DEFAULT_CANDIDATES = 10
 RADIAL_MIN = 3.0
 RADIAL_BINS = 96
-RADIAL_LOG_STEP = np.log(0.75 * WORK_SIZE / RADIAL_MIN) / (RADIAL_BINS - 1)
+RADIAL_LOG_STEP = np.log(0.47 * WORK_SIZE / RADIAL_MIN) / (RADIAL_BINS - 1)
 _MAX_LOG_SCALE = np.log(1.3)
+# Rings closer to the centre than this are left out of the score: there a
+# fraction of a pixel of centring error shifts the angle by a lot.
+SCORE_MIN_RADIUS = 12.0
+SCORE_FIRST_RING = int(np.ceil(np.log(SCORE_MIN_RADIUS / RADIAL_MIN) / RADIAL_LOG_STEP))
 
 
 @dataclass(frozen=True)
@@ -139,12 +146,17 @@ def _scale_lag(a: Fingerprint, b: Fingerprint) -> float:
 def match_score(a: Fingerprint, b: Fingerprint) -> float:
     """Peak mean per-ring correlation of a and b over rotations and flips, scales aligned.
 
+    b's rings are interpolated at a's radii (a fractional log-radius shift).
     irfft(A * conj(B))[s] = sum_t a[t + s] b[t]; reversing b's angle axis (a
     mirror image) conjugates its spectrum.
     """
-    lag = int(round(_scale_lag(a, b)))
-    lo, hi = max(0, -lag), min(RADIAL_BINS, RADIAL_BINS - lag)
-    spec_a, spec_b = a.polar_spectrum[lo:hi], b.polar_spectrum[lo + lag : hi + lag]
+    lag = _scale_lag(a, b)
+    whole = int(np.floor(lag))
+    frac = lag - whole
+    lo, hi = max(SCORE_FIRST_RING, -whole), min(RADIAL_BINS, RADIAL_BINS - whole - 1)
+    spec_a = a.polar_spectrum[lo:hi]
+    spec_b = (1 - frac) * b.polar_spectrum[lo + whole : hi + whole] + frac * b.polar_spectrum[lo + whole + 1 : hi + whole + 1]
+    spec_b = spec_b / np.sqrt(2 * (np.abs(spec_b) ** 2).sum(axis=1, keepdims=True) / POLAR_ANGLES + 1e-12)
     best = -1.0
     for cross in (spec_a * np.conj(spec_b), spec_a * spec_b):
         corr = np.fft.irfft(cross.sum(axis=0), n=POLAR_ANGLES)

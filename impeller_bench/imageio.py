@@ -73,20 +73,38 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def area_weights(source: int, target: int) -> np.ndarray:
+    """(target x source) matrix: the fraction of each target cell covered by each source pixel.
+
+    Target cell t spans [t * source / target, (t + 1) * source / target) in
+    source pixel units; each row sums to 1. Exact for any ratio (Pillow's box
+    filter samples pixel centres instead, which is only exact for whole ratios).
+    """
+    edges = np.arange(target + 1) * (source / target)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    pixels = np.arange(source)[None, :]
+    overlap = np.clip(np.minimum(hi, pixels + 1) - np.maximum(lo, pixels), 0, None)
+    return overlap / (source / target)
+
+
+def _area_average(array: np.ndarray, size: int) -> np.ndarray:
+    h, w = array.shape
+    return area_weights(h, size) @ array.astype(np.float64) @ area_weights(w, size).T
+
+
 def resize_area(gray: np.ndarray, size: int) -> np.ndarray:
-    """Area-averaging resample of a uint8 image to size x size."""
+    """Area-averaging resample of a 2-D uint8 image to size x size (rounded to the nearest level)."""
     if gray.shape[:2] == (size, size):
         return gray
-    return np.asarray(Image.fromarray(gray).resize((size, size), Image.BOX))
+    return np.clip(np.rint(_area_average(gray, size)), 0, 255).astype(np.uint8)
 
 
 def resize_mask_area(mask: np.ndarray, size: int) -> np.ndarray:
     """A target pixel is defective when at least half of its area was defective."""
     if mask.shape == (size, size):
         return mask
-    fraction = np.asarray(Image.fromarray(mask.astype(np.float32)).resize((size, size), Image.BOX))
-    # float32 box averages of 0/1 can land a hair below 0.5 for an exact half.
-    return fraction >= 0.5 - 1e-6
+    # Tolerance for an exact half computed in floating point.
+    return _area_average(mask, size) >= 0.5 - 1e-9
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

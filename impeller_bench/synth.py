@@ -61,7 +61,9 @@ def impeller(rng: np.random.Generator, size: int = 256, defects: tuple[str, ...]
     foreground = rho <= 1.0
     defect = np.zeros((size, size), bool)
     for kind in defects:
-        image, changed = _add_defect(kind, rng, image, rho, theta, radius, yy, xx, cy, cx, table)
+        changed = np.zeros_like(defect)
+        while not changed.any():  # a defect drawn too small for the pixel grid is drawn again
+            image, changed = _add_defect(kind, rng, image, rho, theta, radius, yy, xx, cy, cx, table)
         defect |= changed
         if kind == "chipping":
             foreground &= ~changed
@@ -85,7 +87,7 @@ def _add_defect(kind, rng, image, rho, theta, radius, yy, xx, cy, cx, table):
     if kind == "holes":
         r = rng.uniform(0.68, 0.93) * radius
         py, px = cy + r * np.sin(angle), cx + r * np.cos(angle)
-        ry, rx = rng.uniform(1.5, 4.5, 2) * radius / 100
+        ry, rx = np.maximum(rng.uniform(1.5, 4.5, 2) * radius / 100, 1.0)
         mask = ((yy - py) / ry) ** 2 + ((xx - px) / rx) ** 2 <= 1
         image[mask] = 0.08 + 0.05 * rng.random(mask.sum())
     elif kind == "chipping":

@@ -43,7 +43,7 @@ def validate_source(path: Path, kind: str, min_region_area: int = DEFAULT_MIN_RE
     options = {"min_region_area": min_region_area} if kind == "supervisely" else {}
     records, findings = read_source(kind, path, **options)
     report = Report(list(findings))
-    _, scan_findings = scan(records, progress or (lambda items, label: items))
+    _, scan_findings = scan(records, progress or (lambda items, label: items), measure=False)
     report.extend(scan_findings)
     return report
 

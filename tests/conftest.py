@@ -1,0 +1,62 @@
+"""Shared fixtures: the synthetic dataset (runs anywhere) and the shared real data.
+
+Tests that need ``../shared/data`` are marked ``needs_shared_data``: on a
+fresh machine without it they skip with the reason; when CI sets
+IMPELLER_BENCH_REQUIRE_DATA=1 a missing folder fails them instead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("IMPELLER_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+SUPERVISELY = SHARED_DATA / "casting-supervisely"
+KAGGLE = SHARED_DATA / "casting-kaggle-300"
+REQUIRE_DATA = os.environ.get("IMPELLER_BENCH_REQUIRE_DATA") == "1"
+HAVE_DATA = SUPERVISELY.is_dir() and KAGGLE.is_dir()
+
+needs_shared_data = pytest.mark.skipif(
+    not HAVE_DATA and not REQUIRE_DATA,
+    reason=f"shared data not found at {SHARED_DATA} (set IMPELLER_BENCH_SHARED_DATA)",
+)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not HAVE_DATA:
+        pytest.fail(f"IMPELLER_BENCH_REQUIRE_DATA=1 but the shared data is missing at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    from impeller_bench.synth import write_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic") / "dataset"
+    write_synthetic(out, train_good=12, test_good=6, test_defect=8, size=128, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def supervisely_scanned(shared_data):
+    """Records, findings, scans and photo groups of the annotated source alone."""
+    from impeller_bench import build
+
+    records, findings = build.read_sources(supervisely=[SUPERVISELY])
+    scans, scan_findings = build.scan(records)
+    groups = build.group_photos(records, scans)
+    return records, findings + scan_findings, scans, groups
+
+
+@pytest.fixture(scope="session")
+def both_scanned(shared_data):
+    """The same for both shared sources (about a minute and a half: every image fingerprinted once)."""
+    from impeller_bench import build
+
+    records, findings = build.read_sources(supervisely=[SUPERVISELY], kaggle=[KAGGLE])
+    scans, scan_findings = build.scan(records)
+    groups = build.group_photos(records, scans)
+    return records, findings + scan_findings, scans, groups

@@ -1,0 +1,166 @@
+"""The benchmark built from the real shared sources (../shared/data): fails, not skips, in CI."""
+import base64
+import io
+import json
+import shutil
+import zlib
+from collections import Counter
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import KAGGLE, REPO, SUPERVISELY, needs_shared_data
+from impeller_bench import build
+from impeller_bench.cli import main
+from impeller_bench.imageio import read_mask, sha256_file
+
+pytestmark = needs_shared_data
+PUBLISHED = REPO / "annotations" / "impeller-v1.json"
+PUBLISHED_IMAGE_LEVEL = REPO / "annotations" / "impeller-v1-kaggle-test.json"
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def union_of_defect_bitmaps(ann_path):
+    """Straight from the Supervisely JSON: base64 -> zlib -> PNG, alpha > 0, pasted at origin [x, y]."""
+    ann = json.loads(ann_path.read_text())
+    mask = np.zeros((ann["size"]["height"], ann["size"]["width"]), bool)
+    for obj in ann["objects"]:
+        if obj["classTitle"] in ("holes", "chipping", "deburring"):
+            png = Image.open(io.BytesIO(zlib.decompress(base64.b64decode(obj["bitmap"]["data"]))))
+            alpha = np.asarray(png.convert("RGBA"))[..., 3] > 0
+            x, y = obj["bitmap"]["origin"]
+            mask[y : y + alpha.shape[0], x : x + alpha.shape[1]] |= alpha
+    return mask
+
+
+def test_native_build_masks_are_the_union_of_the_annotated_bitmaps(shared_data, tmp_path):
+    out = tmp_path / "D"
+    result = run("build-split", "--supervisely", SUPERVISELY, "--out", out, "--train-good", 40, "--test-good", 25,
+                 "--test-defect", 100, "--seed", 0, "--size", "native")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = Counter((e["split"], e["label"]) for e in manifest["entries"])
+    assert counts == {("train", "good"): 40, ("test", "good"): 25, ("test", "defect"): 100}
+    for folder in ("train/good", "test/good", "test/defect", "ground_truth/defect", "foreground"):
+        assert (out / folder).is_dir()
+    for entry in manifest["entries"]:
+        assert sha256_file(out / entry["file"]) == entry["source_sha256"]  # native: the original bytes
+        if entry["label"] == "defect":
+            expected = union_of_defect_bitmaps(SUPERVISELY / "ann" / (entry["source_path"].split("/")[-1] + ".json"))
+            np.testing.assert_array_equal(read_mask(out / entry["mask"]), expected, err_msg=entry["id"])
+    assert "photo groups" in result.output and "left out: 7 image(s)" in result.output
+
+
+def test_default_counts_from_the_annotated_source_alone_stop_and_write_nothing(shared_data, tmp_path):
+    out = tmp_path / "D"
+    result = CliRunner().invoke(main, ["build-split", "--supervisely", str(SUPERVISELY), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "asked for 400 train good" in result.output and "73 good images" in result.output
+    assert "140 defect images with masks" in result.output
+    assert not out.exists()
+
+
+def test_default_split_from_both_sources_keeps_groups_whole_and_follows_the_seed(both_scanned):
+    records, findings, scans, groups = both_scanned
+    usable = build.eligible(records, scans, findings)
+    plans = {seed: build.plan_split(records, scans, groups, usable, build.Counts(), seed) for seed in (0, 0, 1)}
+    plan = build.plan_split(records, scans, groups, usable, build.Counts(), 0)
+    chosen = lambda p: [(records[s.record].source, records[s.record].relpath, s.split) for s in p.selected]
+    assert chosen(plan) == chosen(plans[0])
+    assert set(chosen(plan)) != set(chosen(plans[1]))
+    for p in (plan, plans[1]):
+        side_of = {}
+        for s in p.selected:
+            assert side_of.setdefault(s.group, s.split) == s.split
+        # Also against every non-selected member: no test group may have any image in train.
+        train_groups = {s.group for s in p.selected if s.split == "train"}
+        test_groups = {s.group for s in p.selected if s.split == "test"}
+        assert not train_groups & test_groups
+        counts = Counter((s.split, s.label) for s in p.selected)
+        assert counts == {("train", "good"): 400, ("test", "good"): 100, ("test", "defect"): 100}
+        assert all(records[s.record].has_mask for s in p.selected if s.label == "defect")
+    # The published split is exactly what seed 0 selects today.
+    published = json.loads(PUBLISHED.read_text())
+    assert sorted((e["source"], e["source_path"], e["split"]) for e in published["entries"]) == sorted(chosen(plan))
+    report = build.build_report(records, findings, groups, usable, plan)
+    assert report["grouping"]["exact_duplicate_pairs"] == 64
+    assert report["grouping"]["groups"] < len(records)
+
+
+def test_published_split_rebuilds_byte_for_byte(shared_data, tmp_path):
+    out = tmp_path / "impeller-v1"
+    result = run("build-split", "--supervisely", SUPERVISELY, "--kaggle", KAGGLE, "--out", out, "--split", PUBLISHED)
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.json").read_bytes() == PUBLISHED.read_bytes()
+    manifest = json.loads(PUBLISHED.read_text())
+    for entry in manifest["entries"]:
+        assert sha256_file(out / entry["file"]) == entry["sha256"]
+        if entry["mask"]:
+            assert sha256_file(out / entry["mask"]) == entry["mask_sha256"]
+    assert run("validate", out).exit_code == 0
+
+
+def test_published_image_level_split_rebuilds(shared_data, tmp_path):
+    out = tmp_path / "kaggle-test"
+    result = run("build-split", "--supervisely", SUPERVISELY, "--kaggle", KAGGLE, "--out", out,
+                 "--split", PUBLISHED_IMAGE_LEVEL)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    test = [e for e in manifest["entries"] if e["split"] == "test"]
+    assert len(test) == 715 and Counter(e["label"] for e in test) == {"good": 262, "defect": 453}
+    assert manifest["build"]["pixel_masks"] is False
+    train = [e["source_path"] for e in manifest["entries"] if e["split"] == "train"]
+    impeller_v1 = json.loads(PUBLISHED.read_text())
+    assert train == [e["source_path"] for e in impeller_v1["entries"] if e["split"] == "train"]
+    assert run("validate", out).exit_code == 0
+
+
+def test_rebuild_names_every_source_file_whose_checksum_differs(shared_data, tmp_path):
+    copy = tmp_path / "casting-supervisely"
+    shutil.copytree(SUPERVISELY, copy)
+    manifest = json.loads(PUBLISHED.read_text())
+    victims = [e["source_path"] for e in manifest["entries"] if e["source"] == "casting-supervisely"][:2]
+    for rel in victims:
+        (copy / rel).chmod(0o644)
+        (copy / rel).write_bytes((copy / rel).read_bytes()[:-10])
+    out = tmp_path / "never"
+    result = CliRunner().invoke(main, ["build-split", "--supervisely", str(copy), "--kaggle", str(KAGGLE),
+                                       "--out", str(out), "--split", str(PUBLISHED)])
+    assert result.exit_code == 2
+    assert all(rel in result.output for rel in victims) and "2 source file(s) do not match" in result.output
+    assert not out.exists()
+
+
+KNOWN_QUIRKS = {
+    # cast_def_* without any defect object
+    ("name-contradicts-objects", "cast_def_0_2917.jpeg"), ("name-contradicts-objects", "cast_def_0_9995.jpeg"),
+    # cast_ok_* carrying defect objects (their "good" tags contradict the objects too)
+    *{(code, f"cast_ok_0_{n}.jpeg") for n in (2351, 2720, 3138, 5548, 6418)
+      for code in ("name-contradicts-objects", "tag-contradicts-objects")},
+    ("tag-contradicts-objects", "cast_def_0_9995.jpeg"),
+    ("missing-tag", "cast_def_0_7275.jpeg"),
+    ("tag-contradicts-name", "cast_def_0_2917.jpeg"),
+}
+
+
+def test_validate_reports_every_known_quirk_of_the_annotated_source(shared_data):
+    result = CliRunner().invoke(main, ["validate", str(SUPERVISELY), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.output[result.output.index("{"):])
+    found = {(f["code"], f["path"].split("/")[-1]) for f in report["findings"]}
+    assert KNOWN_QUIRKS <= found
+    assert {c for c, _ in found} <= {c for c, _ in KNOWN_QUIRKS} | {"tiny-region"}
+
+
+def test_validate_notes_the_kaggle_duplicates_and_reused_names(shared_data):
+    result = CliRunner().invoke(main, ["validate", str(KAGGLE), "--json"])
+    assert result.exit_code == 0
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["counts"]["exact-duplicate"] == 64
+    assert report["counts"]["name-reused"] > 0
