@@ -24,6 +24,7 @@ from . import grouping
 from .data import FORMAT_VERSION, MANIFEST_NAME, manifest_bytes
 from .errors import ImpellerBenchError
 from .imageio import (
+    area_average,
     decode_image,
     encode_png,
     read_gray,
@@ -295,10 +296,26 @@ def _entry_id(split: str, label: str, stem: str, taken: set[str], sha256: str) -
     return entry_id
 
 
+EIGHT_CONNECTED = np.ones((3, 3), bool)
+
+
 def region_stats(mask: np.ndarray) -> tuple[int, int]:
     """(number of 8-connected regions, defect area in pixels)."""
-    _, count = ndi.label(mask, structure=np.ones((3, 3), bool))
+    _, count = ndi.label(mask, structure=EIGHT_CONNECTED)
     return int(count), int(mask.sum())
+
+
+def region_classes(mask: np.ndarray, class_touch: dict | None, image_classes) -> list[list[str]]:
+    """Defect classes of each 8-connected region, in ``scipy.ndimage.label`` order (raster scan).
+
+    A region has every class that covers any of its pixels; without per-class
+    masks, every region has all of the image's classes.
+    """
+    labels, count = ndi.label(mask, structure=EIGHT_CONNECTED)
+    if not class_touch:
+        return [sorted(image_classes) for _ in range(count)]
+    touched = {c: np.unique(labels[m & (labels > 0)]) for c, m in class_touch.items()}
+    return [sorted(c for c, regions in touched.items() if k in regions) for k in range(1, count + 1)]
 
 
 @dataclass
@@ -318,12 +335,13 @@ class RenderedImage:
     defect_classes: tuple[str, ...] = ()
     group: int = 0
     group_shared_with_train: bool = False
+    class_touch: dict[str, np.ndarray] | None = None  # pixels each class covers at all, for region classes
 
 
 def render(record: SourceRecord, sel: Selected, size: int | str) -> RenderedImage:
     """The image (and masks) of a selected record at the dataset's size."""
     data = record.path.read_bytes()
-    mask, foreground = record.defect_mask, record.foreground_mask
+    mask, foreground, touch = record.defect_mask, record.foreground_mask, record.class_masks
     if size == NATIVE:
         image_bytes, suffix = data, record.path.suffix.lower()
     else:
@@ -331,10 +349,12 @@ def render(record: SourceRecord, sel: Selected, size: int | str) -> RenderedImag
         image_bytes, suffix = encode_png(resize_area(gray, size)), ".png"
         mask = None if mask is None else resize_mask_area(mask, size)
         foreground = None if foreground is None else resize_mask_area(foreground, size)
+        touch = None if touch is None else {c: area_average(m, size) > 0 for c, m in touch.items()}
+    is_defect = sel.label == DEFECT
     return RenderedImage(
         sel.split, sel.label, record.stem, record.source, record.relpath, record.sha256, image_bytes, suffix,
-        mask if sel.label == DEFECT else None, foreground,
-        record.defect_classes if sel.label == DEFECT else (), sel.group, sel.group_shared_with_train,
+        mask if is_defect else None, foreground, record.defect_classes if is_defect else (),
+        sel.group, sel.group_shared_with_train, touch if is_defect else None,
     )
 
 
@@ -360,6 +380,7 @@ def write_rendered(items: Iterable[RenderedImage], out: Path | None) -> list[dic
             "defect_classes": list(item.defect_classes),
             "region_count": 0,
             "defect_area": 0,
+            "region_classes": [],
             "group": item.group,
             "group_shared_with_train": item.group_shared_with_train,
         }
@@ -369,6 +390,7 @@ def write_rendered(items: Iterable[RenderedImage], out: Path | None) -> list[dic
             entry["mask"] = f"ground_truth/{item.label}/{entry_id.split('/', 2)[2]}_mask.png"
             entry["mask_sha256"] = sha256_bytes(mask_png)
             entry["region_count"], entry["defect_area"] = region_stats(item.defect_mask)
+            entry["region_classes"] = region_classes(item.defect_mask, item.class_touch, item.defect_classes)
             files[entry["mask"]] = mask_png
         if item.foreground_mask is not None:
             fg_png = encode_png(item.foreground_mask)

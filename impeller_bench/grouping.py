@@ -187,6 +187,7 @@ class PhotoGroups:
             "images": int(len(self.group_of)),
             "groups": self.n_groups,
             "groups_with_several_images": int((np.bincount(self.group_of) > 1).sum()),
+            "largest_group": int(np.bincount(self.group_of).max()) if len(self.group_of) else 0,
             "images_in_shared_groups": self.n_merged_images,
             "exact_duplicate_pairs": self.exact_duplicate_pairs,
             "content_matches": len(self.content_matches),

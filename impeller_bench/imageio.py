@@ -87,7 +87,8 @@ def area_weights(source: int, target: int) -> np.ndarray:
     return overlap / (source / target)
 
 
-def _area_average(array: np.ndarray, size: int) -> np.ndarray:
+def area_average(array: np.ndarray, size: int) -> np.ndarray:
+    """Float64 area average of a 2-D array over a size x size grid (for a mask: the covered fraction)."""
     h, w = array.shape
     return area_weights(h, size) @ array.astype(np.float64) @ area_weights(w, size).T
 
@@ -96,7 +97,7 @@ def resize_area(gray: np.ndarray, size: int) -> np.ndarray:
     """Area-averaging resample of a 2-D uint8 image to size x size (rounded to the nearest level)."""
     if gray.shape[:2] == (size, size):
         return gray
-    return np.clip(np.rint(_area_average(gray, size)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(area_average(gray, size)), 0, 255).astype(np.uint8)
 
 
 def resize_mask_area(mask: np.ndarray, size: int) -> np.ndarray:
@@ -104,7 +105,7 @@ def resize_mask_area(mask: np.ndarray, size: int) -> np.ndarray:
     if mask.shape == (size, size):
         return mask
     # Tolerance for an exact half computed in floating point.
-    return _area_average(mask, size) >= 0.5 - 1e-9
+    return area_average(mask, size) >= 0.5 - 1e-9
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

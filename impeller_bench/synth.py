@@ -32,7 +32,7 @@ _SPLIT_KEYS = {("train", "good"): 0, ("test", "good"): 1, ("test", "defect"): 2}
 
 
 def impeller(rng: np.random.Generator, size: int = 256, defects: tuple[str, ...] = ()):
-    """One synthetic photo; returns (uint8 image, bool defect mask, bool foreground mask, classes)."""
+    """One synthetic photo; returns (uint8 image, bool defect mask, bool foreground mask, {class: mask})."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     cy, cx = size / 2 + rng.normal(0, 0.025 * size, 2)
     radius = size * rng.uniform(0.38, 0.44)
@@ -60,11 +60,13 @@ def impeller(rng: np.random.Generator, size: int = 256, defects: tuple[str, ...]
     )
     foreground = rho <= 1.0
     defect = np.zeros((size, size), bool)
+    class_masks: dict[str, np.ndarray] = {}
     for kind in defects:
         changed = np.zeros_like(defect)
         while not changed.any():  # a defect drawn too small for the pixel grid is drawn again
             image, changed = _add_defect(kind, rng, image, rho, theta, radius, yy, xx, cy, cx, table)
         defect |= changed
+        class_masks[kind] = class_masks.get(kind, np.zeros_like(defect)) | changed
         if kind == "chipping":
             foreground &= ~changed
         elif kind == "deburring":
@@ -72,7 +74,7 @@ def impeller(rng: np.random.Generator, size: int = 256, defects: tuple[str, ...]
     gain = rng.uniform(0.8, 1.15)
     image = image * gain * (1 + light * np.cos(np.arctan2(dy, dx) - light_dir) * 0.5)
     image = image + rng.normal(0, 0.01, image.shape)
-    return np.clip(image * 255, 0, 255).astype(np.uint8), defect, foreground, tuple(sorted(set(defects)))
+    return np.clip(image * 255, 0, 255).astype(np.uint8), defect, foreground, class_masks
 
 
 def _smooth_noise(rng, size, sigma):
@@ -114,7 +116,7 @@ def _add_defect(kind, rng, image, rho, theta, radius, yy, xx, cy, cx, table):
 
 
 def generate(split: str, label: str, index: int, seed: int, size: int):
-    """The image with this (split, label, index) for ``seed``: (image, mask, foreground, classes)."""
+    """The image with this (split, label, index) for ``seed``: (image, mask, foreground, {class: mask})."""
     rng = np.random.default_rng([seed, _SPLIT_KEYS[(split, label)], index])
     defects: tuple[str, ...] = ()
     if label == "defect":
@@ -140,12 +142,13 @@ def write_synthetic(
 
     def rendered():
         for group, (split, label, k) in enumerate(progress(plan, "drawing impellers")):
-            image, mask, foreground, classes = generate(split, label, k, seed, size)
+            image, mask, foreground, class_masks = generate(split, label, k, seed, size)
             data = encode_png(image)
             stem = f"synth_{'ok' if label == 'good' else 'def'}_{k:04d}"
             yield RenderedImage(
                 split, label, stem, "synthetic", f"{split}/{label}/{k}", sha256_bytes(data), data, ".png",
-                mask if label == "defect" else None, foreground, classes, group,
+                mask if label == "defect" else None, foreground, tuple(sorted(class_masks)), group,
+                class_touch=class_masks or None,
             )
 
     with staged_directory(out, overwrite=overwrite) as stage:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .build import region_stats
 from .data import MANIFEST_NAME, load_dataset
 from .errors import ImpellerBenchError
 from .imageio import decode_image, sha256_bytes
@@ -95,8 +96,12 @@ def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA,
             report.add(ERROR, "empty-mask", mask_rel, "mask of a defect image has no defect pixel")
             continue
         report.extend(tiny_region_findings(mask, mask_rel, min_region_area))
-        if entry is not None and int(mask.sum()) != entry.get("defect_area", int(mask.sum())):
-            report.add(ERROR, "manifest-mismatch", mask_rel, f"defect area {int(mask.sum())} but the manifest says {entry['defect_area']}")
+        if entry is not None:
+            regions, area = region_stats(mask)
+            if (regions, area) != (entry["region_count"], entry["defect_area"]) or len(entry["region_classes"]) != regions:
+                report.add(ERROR, "manifest-mismatch", mask_rel,
+                           f"{regions} region(s), {area} defect pixel(s), but the manifest says {entry['region_count']} "
+                           f"region(s) ({len(entry['region_classes'])} with classes), {entry['defect_area']} pixel(s)")
     gt = root / "ground_truth"
     if gt.is_dir():
         stems_of_good = {s.image_path.stem for s in dataset.test if not s.is_defect}

@@ -137,3 +137,17 @@ def test_plan_is_spread_over_brightness(source_with_copies):
     all_good = [read_gray(r.path).mean() for r in records if r.label == "good"]
     # A systematic sample over brightness bands reaches both ends of the range.
     assert min(brightness) <= np.quantile(all_good, 0.3) and max(brightness) >= np.quantile(all_good, 0.7)
+
+
+def test_region_classes_follow_the_class_masks():
+    from impeller_bench.build import region_classes
+
+    mask = np.zeros((8, 8), bool)
+    hole, chip = mask.copy(), mask.copy()
+    hole[0:2, 0:2] = True  # region 1 (raster order): holes only
+    chip[5:7, 5:7] = True  # region 2: chipping, and a hole touching it diagonally joins it
+    hole[4, 4] = True
+    union = hole | chip
+    assert region_classes(union, {"holes": hole, "chipping": chip}, ("chipping", "holes")) == [
+        ["holes"], ["chipping", "holes"]]
+    assert region_classes(union, None, ("holes", "spots")) == [["holes", "spots"], ["holes", "spots"]]

@@ -33,14 +33,16 @@ def test_generator_is_deterministic_per_seed_and_index():
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a[0], c[0])
     good = synth.generate("train", "good", 0, seed=5, size=96)
-    assert not good[1].any() and good[3] == ()
+    assert not good[1].any() and good[3] == {}
 
 
 def test_defects_cover_every_kind_and_pose_and_lighting_vary():
     images = [synth.generate("test", "defect", k, seed=0, size=96) for k in range(30)]
-    kinds = {kind for *_, classes in images for kind in classes}
+    kinds = {kind for *_, class_masks in images for kind in class_masks}
     assert kinds == set(synth.DEFECT_KINDS)
     assert all(mask.any() for _, mask, _, _ in images)
+    for _, mask, _, class_masks in images:  # the union of the class masks is the defect mask
+        np.testing.assert_array_equal(np.logical_or.reduce(list(class_masks.values())), mask)
     brightness = [image.mean() for image, *_ in images]
     assert np.ptp(brightness) > 15  # lighting and gain vary visibly
 

@@ -27,6 +27,7 @@ class SourceRecord:
     defect_mask: np.ndarray | None = None  # bool, image size
     foreground_mask: np.ndarray | None = None  # bool, image size
     defect_classes: tuple[str, ...] = field(default_factory=tuple)
+    class_masks: dict[str, np.ndarray] | None = None  # per defect class, bool, image size
 
     @property
     def stem(self) -> str:

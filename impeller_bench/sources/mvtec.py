@@ -47,6 +47,7 @@ def read(root: Path, source: str | None = None):
                     sha256=sha256_bytes(path.read_bytes()),
                     defect_mask=mask,
                     defect_classes=() if defect_type is None else (defect_type,),
+                    class_masks=None if defect_type is None else {defect_type: mask},
                 )
             )
     return records, findings

@@ -109,7 +109,7 @@ def _read_one(root, image_path, relpath, source, defect_classes, min_region_area
 
     defect = np.zeros((height, width), bool)
     foreground = np.zeros((height, width), bool)
-    classes: set[str] = set()
+    class_masks: dict[str, np.ndarray] = {}
     broken = False
     for obj in ann.get("objects", []):
         title = obj.get("classTitle", "")
@@ -136,10 +136,13 @@ def _read_one(root, image_path, relpath, source, defect_classes, min_region_area
                 continue
             bitmap = bitmap[y0 - y : y1 - y, x0 - x : x1 - x]
             x, y, h, w = x0, y0, y1 - y0, x1 - x0
-        target = foreground if title == FOREGROUND_CLASS else defect
-        target[y : y + h, x : x + w] |= bitmap
-        if title != FOREGROUND_CLASS and bitmap.any():
-            classes.add(title)
+        if title == FOREGROUND_CLASS:
+            foreground[y : y + h, x : x + w] |= bitmap
+        elif bitmap.any():
+            class_mask = class_masks.setdefault(title, np.zeros((height, width), bool))
+            class_mask[y : y + h, x : x + w] |= bitmap
+            defect[y : y + h, x : x + w] |= bitmap
+    classes = sorted(class_masks)
 
     has_defect = bool(defect.any())
     label = DEFECT if has_defect else GOOD
@@ -174,7 +177,8 @@ def _read_one(root, image_path, relpath, source, defect_classes, min_region_area
         sha256=sha256_bytes(data),
         defect_mask=defect,
         foreground_mask=foreground if foreground.any() else None,
-        defect_classes=tuple(sorted(classes)),
+        defect_classes=tuple(classes),
+        class_masks=class_masks or None,
     )
     return record, findings
 
