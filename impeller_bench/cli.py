@@ -1,6 +1,7 @@
 """The ``impeller-bench`` command line: a thin layer over the library."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -127,6 +128,67 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
     manifest = write_synthetic(out, train_good, test_good, test_defect, size, seed, overwrite, _progress)
     click.echo(f"wrote {out}: {train_good} train good, {test_good} test good, {test_defect} test defect "
                f"(synthetic, size {size}, seed {seed}, {len(manifest['entries'])} images)")
+
+
+def _dataset_for(predictions, dataset_dir):
+    from .data import load_dataset
+
+    if dataset_dir is None:
+        recorded = predictions.meta.get("dataset")
+        if not recorded:
+            raise ImpellerBenchError("no --dataset given and meta.json names no dataset", predictions.root)
+        dataset_dir = Path(recorded)
+    return load_dataset(dataset_dir)
+
+
+@main.command("evaluate")
+@click.argument("pred_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset folder (default: the one meta.json names).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the metrics (default PRED_DIR/metrics.json).")
+@click.option("--bootstrap", "bootstrap_samples", default=0, show_default=True, type=click.IntRange(0),
+              help="Bootstrap resamples of the test images for 95% intervals (1000 is usual).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write ROC, PR and PRO curves here.")
+def evaluate_command(pred_dir, dataset_dir, json_path, bootstrap_samples, seed, plots_dir):
+    """Score a predictions folder with the reference evaluator; prints a table and writes metrics.json."""
+    from .evaluate import evaluate, format_table
+    from .imageio import atomic_write_bytes
+    from .predictions import load_predictions
+
+    predictions = load_predictions(pred_dir)
+    dataset = _dataset_for(predictions, dataset_dir)
+    result = evaluate(dataset, predictions, bootstrap_samples, seed, _progress, plots_dir)
+    target = json_path or pred_dir / "metrics.json"
+    atomic_write_bytes(target, (json.dumps(result, indent=1) + "\n").encode())
+    click.echo(format_table(result))
+    click.echo(f"wrote {target}")
+
+
+@main.command("compare")
+@click.argument("pred_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("pred_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--bootstrap", "bootstrap_samples", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the comparison here.")
+def compare_command(pred_a, pred_b, dataset_dir, bootstrap_samples, seed, json_path):
+    """Paired bootstrap comparison: B minus A per metric, with its 95% interval."""
+    from .evaluate import compare
+    from .imageio import atomic_write_bytes
+    from .predictions import load_predictions
+
+    a, b = load_predictions(pred_a), load_predictions(pred_b)
+    dataset = _dataset_for(a, dataset_dir)
+    result = compare(dataset, a, b, bootstrap_samples, seed, _progress)
+    click.echo(f"{result['b']} minus {result['a']} (paired bootstrap, {bootstrap_samples} resamples, seed {seed}):")
+    for name, diff in result["difference"].items():
+        lo, hi = result["ci95"][name]
+        verdict = "B better" if lo > 0 else "A better" if hi < 0 else "no clear difference"
+        click.echo(f"  {name:<16} {100 * diff:+7.2f}  [{100 * lo:+7.2f}, {100 * hi:+7.2f}]  {verdict}")
+    if json_path:
+        atomic_write_bytes(json_path, (json.dumps(result, indent=1) + "\n").encode())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,195 @@
+"""The reference evaluator: a dataset and a predictions folder in, every benchmark metric out.
+
+Also: per defect class and per region-size bucket pixel metrics, 95%
+bootstrap intervals (test images resampled with replacement, seeded), and a
+paired bootstrap comparison of two predictions folders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics
+from .data import Dataset
+from .errors import ImpellerBenchError
+from .predictions import Predictions, check_against
+
+IMAGE_METRICS = ("image_auroc", "image_auprc", "image_f1_max", "image_precision", "image_recall")
+PIXEL_METRICS = ("pixel_auroc", "pixel_pro_30", "pixel_f1_max")
+FPR_LIMIT = 0.3
+# Region-size buckets as a fraction of the image area: [lower, upper).
+SIZE_BUCKETS = {"small (<0.1%)": (0.0, 0.001), "medium (0.1-1%)": (0.001, 0.01), "large (>=1%)": (0.01, np.inf)}
+
+
+def resize_map(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize with half-pixel centres (``align_corners=False``), as the format specifies."""
+    if array.shape == tuple(shape):
+        return array
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+@dataclass
+class EvaluationInputs:
+    """Everything the metrics need, loaded and checked once."""
+
+    ids: list[str]
+    labels: np.ndarray
+    scores: np.ndarray
+    pixels: metrics.PixelSet | None
+    region_classes: list[list[str]] = field(default_factory=list)
+    region_fraction: np.ndarray | None = None
+
+
+def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> EvaluationInputs:
+    progress = progress or (lambda items, label: items)
+    test = dataset.test
+    ids = [s.id for s in test]
+    pixel_level = dataset.has_pixel_masks
+    check_against(predictions, ids, dataset.manifest_sha256, need_maps=pixel_level)
+    labels = np.array([s.is_defect for s in test])
+    scores = np.array([predictions.scores[i] for i in ids], np.float64)
+
+    def check_labels():
+        if labels.all() or not labels.any():
+            raise ImpellerBenchError("the test set needs both good and defect images", dataset.root)
+
+    if not pixel_level:
+        check_labels()
+        return EvaluationInputs(ids, labels, scores, None)
+    masks, maps = [], []
+    for sample in progress(test, "reading masks and maps"):
+        mask = sample.load_mask()
+        masks.append(mask)
+        maps.append(resize_map(predictions.load_map(sample.id), mask.shape))
+    try:
+        pixels = metrics.PixelSet.from_maps(masks, maps)
+    except metrics.MetricInputError as exc:
+        raise ImpellerBenchError(f"the test set cannot be scored per pixel: {exc}", dataset.root) from exc
+    check_labels()
+    entries = {e["id"]: e for e in (dataset.manifest or {}).get("entries", [])}
+    region_classes = []
+    regions_per_image = np.bincount(pixels.region_image, minlength=len(test))
+    for sample, count in zip(test, regions_per_image):
+        listed = entries.get(sample.id, {}).get("region_classes")
+        region_classes += listed if listed is not None and len(listed) == count else [list(sample.defect_classes)] * count
+    image_area = np.array([m.size for m in masks], np.float64)
+    fraction = pixels.region_area / image_area[pixels.region_image]
+    return EvaluationInputs(ids, labels, scores, pixels, region_classes, fraction)
+
+
+def point_metrics(inputs: EvaluationInputs, image_weight: np.ndarray | None = None, negative_counts=None) -> dict:
+    """The headline metrics, with each test image counted ``image_weight`` times (default once)."""
+    labels, scores = inputs.labels, inputs.scores
+    if image_weight is not None:
+        labels, scores = np.repeat(labels, image_weight), np.repeat(scores, image_weight)
+    f1 = metrics.f1_max(labels, scores)
+    out = {
+        "image_auroc": metrics.image_auroc(labels, scores),
+        "image_auprc": metrics.image_auprc(labels, scores),
+        "image_f1_max": f1.f1,
+        "image_precision": f1.precision,
+        "image_recall": f1.recall,
+    }
+    if inputs.pixels is not None:
+        curve = (inputs.pixels.curve() if image_weight is None
+                 else inputs.pixels.weighted_curve(image_weight, negative_counts))
+        out |= {"pixel_auroc": curve.auroc(), "pixel_pro_30": curve.pro_auc(FPR_LIMIT), "pixel_f1_max": curve.f1_max().f1}
+    return out
+
+
+def breakdown(inputs: EvaluationInputs) -> dict:
+    """Pixel AUROC and PRO restricted to each class's regions, and to each size bucket (all normal pixels kept)."""
+    if inputs.pixels is None:
+        return {}
+    groups = {}
+    for cls in sorted({c for classes in inputs.region_classes for c in classes}):
+        groups[f"class {cls}"] = np.array([cls in classes for classes in inputs.region_classes])
+    for name, (lo, hi) in SIZE_BUCKETS.items():
+        groups[f"size {name}"] = (inputs.region_fraction >= lo) & (inputs.region_fraction < hi)
+    out = {}
+    for name, chosen in groups.items():
+        if chosen.any():
+            curve = inputs.pixels.curve(chosen)
+            out[name] = {"regions": int(chosen.sum()), "pixel_auroc": curve.auroc(), "pixel_pro_30": curve.pro_auc(FPR_LIMIT)}
+    return out
+
+
+def bootstrap(inputs_list: list[EvaluationInputs], n: int, seed: int = 0, progress=None) -> list[dict[str, np.ndarray]]:
+    """Metric values over ``n`` resamples of the test images, the same resamples for every input (paired)."""
+    progress = progress or (lambda items, label: items)
+    rng = np.random.default_rng(seed)
+    count = len(inputs_list[0].ids)
+    counts = [None if x.pixels is None else metrics.NegativeCounts.for_pixels(x.pixels) for x in inputs_list]
+    samples: list[dict[str, list]] = [{} for _ in inputs_list]
+    for _ in progress(range(n), "bootstrap"):
+        weight = np.bincount(rng.integers(0, count, count), minlength=count)
+        labels = np.repeat(inputs_list[0].labels, weight)
+        if labels.all() or not labels.any():
+            continue  # a resample with one class only says nothing about ranking
+        for k, x in enumerate(inputs_list):
+            for name, value in point_metrics(x, weight, counts[k]).items():
+                samples[k].setdefault(name, []).append(value)
+    return [{name: np.array(values) for name, values in s.items()} for s in samples]
+
+
+def interval(values: np.ndarray) -> list[float]:
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def evaluate(dataset: Dataset, predictions: Predictions, bootstrap_samples: int = 0, seed: int = 0, progress=None,
+             plots_dir=None) -> dict:
+    """All metrics by name (fractions in [0, 1]), plus breakdowns and, with bootstrap, 95% intervals.
+
+    With ``plots_dir``, ROC, precision-recall and PRO curves are written there as PNG.
+    """
+    inputs = load_inputs(dataset, predictions, progress)
+    result = {
+        "dataset": dataset.name,
+        "manifest_sha256": dataset.manifest_sha256,
+        "method": predictions.meta.get("method"),
+        "test_images": len(inputs.ids),
+        "pixel_level": inputs.pixels is not None,
+        "metrics": point_metrics(inputs),
+        "breakdown": breakdown(inputs),
+    }
+    if bootstrap_samples:
+        (samples,) = bootstrap([inputs], bootstrap_samples, seed, progress)
+        result["ci95"] = {name: interval(v) for name, v in samples.items()}
+        result["bootstrap"] = {"samples": bootstrap_samples, "seed": seed}
+    if plots_dir is not None:
+        from .plots import evaluation_plots
+
+        result["plots"] = [str(p) for p in evaluation_plots(inputs, plots_dir, result["method"] or "")]
+    return result
+
+
+def compare(dataset: Dataset, a: Predictions, b: Predictions, bootstrap_samples: int = 1000, seed: int = 0,
+            progress=None) -> dict:
+    """Paired bootstrap of B - A on the same test images: the difference per metric and its 95% interval."""
+    inputs_a, inputs_b = load_inputs(dataset, a, progress), load_inputs(dataset, b, progress)
+    point_a, point_b = point_metrics(inputs_a), point_metrics(inputs_b)
+    samples_a, samples_b = bootstrap([inputs_a, inputs_b], bootstrap_samples, seed, progress)
+    return {
+        "a": a.meta.get("method") or str(a.root), "b": b.meta.get("method") or str(b.root),
+        "difference": {k: point_b[k] - point_a[k] for k in point_a},
+        "ci95": {k: interval(samples_b[k] - samples_a[k]) for k in point_a},
+        "bootstrap": {"samples": bootstrap_samples, "seed": seed},
+    }
+
+
+def format_table(result: dict) -> str:
+    """The evaluation as a text table, in percent."""
+    lines = [f"{result.get('method') or 'predictions'} on {result['dataset']} ({result['test_images']} test images)"]
+    ci = result.get("ci95", {})
+    for name, value in result["metrics"].items():
+        bounds = f"  [{100 * ci[name][0]:6.2f}, {100 * ci[name][1]:6.2f}]" if name in ci else ""
+        lines.append(f"  {name:<16} {100 * value:6.2f}{bounds}")
+    if not result["pixel_level"]:
+        lines.append("  (no pixel masks in this test set: image-level metrics only)")
+    for name, row in result.get("breakdown", {}).items():
+        lines.append(f"  {name:<24} regions {row['regions']:4d}  pixel AUROC {100 * row['pixel_auroc']:6.2f}  "
+                     f"PRO@30% {100 * row['pixel_pro_30']:6.2f}")
+    return "\n".join(lines)

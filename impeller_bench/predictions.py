@@ -1,0 +1,153 @@
+"""The predictions format, written and read here only.
+
+A predictions folder::
+
+    scores.csv              columns image,score: the test image's id (as in the manifest,
+                            e.g. test/defect/cast_def_0_1087) and its image score; higher = more anomalous
+    maps/<id>.npy           one 2-D float16 or float32 anomaly map per test image, any resolution
+                            (the evaluator resizes it to its mask's size: bilinear, half-pixel centres)
+    meta.json               method, config, manifest_sha256 of the dataset, dataset path, latency (optional)
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .errors import ImpellerBenchError
+from .imageio import staged_directory
+
+SCORES_NAME = "scores.csv"
+MAPS_NAME = "maps"
+META_NAME = "meta.json"
+
+
+def safe_id(image_id: str, where: str | Path) -> str:
+    """An image id usable as a relative path: no absolute paths, no '..', no empty parts."""
+    path = PurePosixPath(image_id)
+    if not image_id or path.is_absolute() or "\\" in image_id or any(p in ("", ".", "..") for p in image_id.split("/")):
+        raise ImpellerBenchError(f"unsafe image id {image_id!r}", where)
+    return image_id
+
+
+@dataclass
+class Predictions:
+    root: Path
+    scores: dict[str, float]
+    meta: dict
+
+    def map_path(self, image_id: str) -> Path:
+        return self.root / MAPS_NAME / f"{image_id}.npy"
+
+    def map_ids(self) -> set[str]:
+        maps = self.root / MAPS_NAME
+        if not maps.is_dir():
+            return set()
+        return {p.relative_to(maps).as_posix()[: -len(".npy")] for p in maps.rglob("*.npy")}
+
+    def load_map(self, image_id: str) -> np.ndarray:
+        """The 2-D map of one image, as float32; refused if not 2-D, not a float array or not finite."""
+        path = self.map_path(image_id)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ImpellerBenchError(f"cannot read map ({exc})", path) from exc
+        if array.ndim != 2:
+            raise ImpellerBenchError(f"map has shape {array.shape}; a 2-D array is required", path)
+        if array.dtype not in (np.float16, np.float32, np.float64):
+            raise ImpellerBenchError(f"map has dtype {array.dtype}; float16 or float32 is required", path)
+        if not np.isfinite(array).all():
+            raise ImpellerBenchError(f"map holds {int((~np.isfinite(array)).sum())} NaN or infinite value(s)", path)
+        return array.astype(np.float32)
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    """Read and check scores.csv and meta.json (maps are read on demand)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ImpellerBenchError("predictions folder not found", root)
+    scores_path, meta_path = root / SCORES_NAME, root / META_NAME
+    if not scores_path.is_file():
+        raise ImpellerBenchError(f"no {SCORES_NAME}", root)
+    rows = list(csv.reader(io.StringIO(scores_path.read_text())))
+    if not rows or [c.strip() for c in rows[0]] != ["image", "score"]:
+        raise ImpellerBenchError("the header must be: image,score", scores_path)
+    scores: dict[str, float] = {}
+    bad = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2:
+            raise ImpellerBenchError(f"line {line}: expected 2 columns, found {len(row)}", scores_path)
+        image_id = safe_id(row[0].strip(), scores_path)
+        try:
+            value = float(row[1])
+        except ValueError:
+            raise ImpellerBenchError(f"line {line}: score {row[1]!r} is not a number", scores_path) from None
+        if not math.isfinite(value):
+            bad.append(image_id)
+        if image_id in scores:
+            raise ImpellerBenchError(f"line {line}: {image_id} has a second score", scores_path)
+        scores[image_id] = value
+    if bad:
+        raise ImpellerBenchError(f"{len(bad)} NaN or infinite score(s): {', '.join(bad[:10])}", scores_path)
+    meta = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            raise ImpellerBenchError(f"not valid JSON ({exc})", meta_path) from exc
+    return Predictions(root, scores, meta)
+
+
+def check_against(predictions: Predictions, test_ids: list[str], manifest_sha256: str | None, need_maps: bool) -> None:
+    """One error for every way the predictions do not fit the test set."""
+    wanted = set(test_ids)
+    problems = []
+    missing_scores = [i for i in test_ids if i not in predictions.scores]
+    if missing_scores:
+        problems.append(f"{len(missing_scores)} test image(s) without a score: {', '.join(missing_scores[:20])}")
+    map_ids = predictions.map_ids()
+    if need_maps:
+        missing_maps = [i for i in test_ids if i not in map_ids]
+        if missing_maps:
+            problems.append(f"{len(missing_maps)} test image(s) without a map: {', '.join(missing_maps[:20])}")
+    extra = sorted((set(predictions.scores) | map_ids) - wanted)
+    if extra:
+        problems.append(f"{len(extra)} prediction(s) for images not in the test set: {', '.join(extra[:20])}")
+    claimed = predictions.meta.get("manifest_sha256")
+    if manifest_sha256 is not None and claimed is not None and claimed != manifest_sha256:
+        problems.append(f"meta.json was made on a dataset with manifest sha256 {claimed[:12]}..., "
+                        f"this dataset's is {manifest_sha256[:12]}...")
+    if problems:
+        raise ImpellerBenchError("; ".join(problems), predictions.root)
+
+
+def write_predictions(out: str | Path, scores: dict[str, float], maps: dict[str, np.ndarray], meta: dict,
+                      dtype=np.float16, overwrite: bool = False) -> Path:
+    """Write a predictions folder atomically (float16 maps by default, compact enough for a repository)."""
+    out = Path(out)
+    bad = [i for i, s in scores.items() if not math.isfinite(float(s))]
+    if bad:
+        raise ImpellerBenchError(f"NaN or infinite score(s) for {', '.join(bad[:10])}")
+    with staged_directory(out, overwrite=overwrite) as stage:
+        lines = ["image,score"] + [f"{safe_id(i, out)},{float(s)!r}" for i, s in scores.items()]
+        (stage / SCORES_NAME).write_text("\n".join(lines) + "\n")
+        for image_id, array in maps.items():
+            array = np.asarray(array)
+            if array.ndim != 2:
+                raise ImpellerBenchError(f"map for {image_id} has shape {array.shape}; 2-D required")
+            target = stage / MAPS_NAME / f"{safe_id(image_id, out)}.npy"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            stored = array.astype(dtype)
+            if not np.isfinite(stored).all():
+                raise ImpellerBenchError(f"map for {image_id} is not finite as {np.dtype(dtype).name} "
+                                         "(NaN in the map, or values past float16's range: write float32)")
+            np.save(target, stored)
+        (stage / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return out

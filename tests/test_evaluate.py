@@ -1,0 +1,181 @@
+"""The reference evaluator end to end on synthetic data, and every bad input it must refuse."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from impeller_bench import metrics
+from impeller_bench.cli import main
+from impeller_bench.data import load_dataset
+from impeller_bench.errors import ImpellerBenchError
+from impeller_bench.evaluate import compare, evaluate, resize_map
+from impeller_bench.imageio import encode_png
+from impeller_bench.predictions import load_predictions, write_predictions
+
+
+def noisy_predictions(dataset, out, seed=0, noise=0.6, scale=1, **meta):
+    """Maps = mask + noise (downscaled by ``scale``); image score = map maximum."""
+    rng = np.random.default_rng(seed)
+    scores, maps = {}, {}
+    for s in dataset.test:
+        mask = s.load_mask().astype(np.float32)
+        m = mask + noise * rng.random(mask.shape, dtype=np.float32)
+        m = m[::scale, ::scale] if scale > 1 else m
+        maps[s.id], scores[s.id] = m, float(m.max())
+    meta = {"method": f"noisy-{seed}", "manifest_sha256": dataset.manifest_sha256, "dataset": str(dataset.root)} | meta
+    return write_predictions(out, scores, maps, meta, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic_dataset):
+    return load_dataset(synthetic_dataset)
+
+
+def test_evaluate_matches_the_metric_functions(dataset, tmp_path):
+    pred = load_predictions(noisy_predictions(dataset, tmp_path / "p"))
+    result = evaluate(dataset, pred)
+    masks = [s.load_mask() for s in dataset.test]
+    maps = [pred.load_map(s.id) for s in dataset.test]
+    labels = [s.is_defect for s in dataset.test]
+    scores = [pred.scores[s.id] for s in dataset.test]
+    m = result["metrics"]
+    assert m["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(masks, maps), abs=1e-12)
+    assert m["pixel_pro_30"] == pytest.approx(metrics.pro_auc(masks, maps), abs=1e-12)
+    assert m["pixel_f1_max"] == pytest.approx(metrics.pixel_f1_max(masks, maps).f1, abs=1e-12)
+    assert m["image_auroc"] == pytest.approx(metrics.image_auroc(labels, scores), abs=1e-12)
+    assert set(m) == {"image_auroc", "image_auprc", "image_f1_max", "image_precision", "image_recall",
+                      "pixel_auroc", "pixel_pro_30", "pixel_f1_max"}
+    assert any(k.startswith("class ") for k in result["breakdown"]) and any(k.startswith("size ") for k in result["breakdown"])
+
+
+def test_perfect_maps_score_one(dataset, tmp_path):
+    pred = load_predictions(noisy_predictions(dataset, tmp_path / "p", noise=0.0))
+    m = evaluate(dataset, pred)["metrics"]
+    assert m["pixel_auroc"] == 1.0 and m["pixel_pro_30"] == pytest.approx(1.0) and m["image_auroc"] == 1.0
+
+
+def test_maps_of_another_resolution_are_resized_bilinearly(dataset, tmp_path):
+    pred = load_predictions(noisy_predictions(dataset, tmp_path / "half", scale=2))
+    result = evaluate(dataset, pred)["metrics"]
+    masks = [s.load_mask() for s in dataset.test]
+    maps = [resize_map(pred.load_map(s.id), s.load_mask().shape) for s in dataset.test]
+    assert result["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(masks, maps), abs=1e-12)
+    # half-pixel centres: a 2x2 map [[0, 1], [0, 1]] to 4x4 reads 0, 0.25, 0.75, 1 across
+    np.testing.assert_allclose(resize_map(np.array([[0, 1], [0, 1]], np.float32), (4, 4))[0], [0, 0.25, 0.75, 1])
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate(dataset, tmp_path):
+    pred = load_predictions(noisy_predictions(dataset, tmp_path / "p", noise=1.2))
+    first = evaluate(dataset, pred, bootstrap_samples=60, seed=1)
+    again = evaluate(dataset, pred, bootstrap_samples=60, seed=1)
+    assert first["ci95"] == again["ci95"]
+    for name, (lo, hi) in first["ci95"].items():
+        assert lo <= hi
+        assert lo - 1e-9 <= first["metrics"][name] <= hi + 1e-9 or name.startswith("image_")
+
+
+def test_compare_identical_predictions_is_zero_and_better_maps_win(dataset, tmp_path):
+    a = load_predictions(noisy_predictions(dataset, tmp_path / "a", seed=0, noise=2.0))
+    same = compare(dataset, a, a, bootstrap_samples=30)
+    assert all(v == 0 for v in same["difference"].values()) and all(ci == [0, 0] for ci in same["ci95"].values())
+    b = load_predictions(noisy_predictions(dataset, tmp_path / "b", seed=1, noise=0.3))
+    better = compare(dataset, a, b, bootstrap_samples=30)
+    assert better["difference"]["pixel_auroc"] > 0 and better["ci95"]["pixel_auroc"][0] > 0
+
+
+def refusal(dataset_dir, pred_dir):
+    result = CliRunner().invoke(main, ["evaluate", str(pred_dir), "--dataset", str(dataset_dir)])
+    assert result.exit_code == 2, result.output
+    assert not (pred_dir / "metrics.json").exists()
+    return result.output
+
+
+def test_missing_and_extra_predictions_are_listed(dataset, tmp_path):
+    pred = noisy_predictions(dataset, tmp_path / "p")
+    victim = dataset.test[0].id
+    lines = (pred / "scores.csv").read_text().splitlines()
+    (pred / "scores.csv").write_text("\n".join(l for l in lines if not l.startswith(victim + ",")) + "\nstranger/x,0.5\n")
+    (pred / "maps" / f"{dataset.test[1].id}.npy").unlink()
+    output = refusal(dataset.root, pred)
+    assert f"without a score: {victim}" in output and f"without a map: {dataset.test[1].id}" in output
+    assert "not in the test set: stranger/x" in output
+
+
+def test_nan_scores_and_maps_are_refused(dataset, tmp_path):
+    pred = noisy_predictions(dataset, tmp_path / "p")
+    text = (pred / "scores.csv").read_text().splitlines()
+    first_id = text[1].split(",")[0]
+    text[1] = f"{first_id},nan"
+    (pred / "scores.csv").write_text("\n".join(text) + "\n")
+    assert f"NaN or infinite score(s): {first_id}" in refusal(dataset.root, pred)
+    pred2 = noisy_predictions(dataset, tmp_path / "q")
+    bad = np.ones((8, 8), np.float32)
+    bad[2, 2] = np.inf
+    np.save(pred2 / "maps" / f"{dataset.test[2].id}.npy", bad)
+    output = refusal(dataset.root, pred2)
+    assert "NaN or infinite" in output and f"{dataset.test[2].id}.npy" in output
+
+
+def test_map_that_is_not_2d_is_refused(dataset, tmp_path):
+    pred = noisy_predictions(dataset, tmp_path / "p")
+    np.save(pred / "maps" / f"{dataset.test[0].id}.npy", np.zeros((2, 8, 8), np.float32))
+    assert "a 2-D array is required" in refusal(dataset.root, pred)
+
+
+def test_manifest_hash_mismatch_is_refused(dataset, tmp_path):
+    pred = noisy_predictions(dataset, tmp_path / "p", manifest_sha256="0" * 64)
+    assert "manifest sha256 000000000000" in refusal(dataset.root, pred)
+
+
+def test_unsafe_image_id_is_refused(dataset, tmp_path):
+    pred = noisy_predictions(dataset, tmp_path / "p")
+    with open(pred / "scores.csv", "a") as handle:
+        handle.write("../../etc/passwd,1.0\n")
+    assert "unsafe image id" in refusal(dataset.root, pred)
+
+
+@pytest.mark.parametrize("fill, message", [(False, "no defect region"), (True, "no normal pixel")])
+def test_test_set_without_defect_region_or_normal_pixel(dataset, tmp_path, fill, message):
+    root = tmp_path / "ds"
+    shutil.copytree(dataset.root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    if fill:  # keep only defect images, with masks covering them whole
+        manifest["entries"] = [e for e in manifest["entries"] if e["split"] == "train" or e["label"] == "defect"]
+    for e in manifest["entries"]:
+        if e["mask"]:
+            (root / e["mask"]).write_bytes(encode_png(np.full((128, 128), fill)))
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    changed = load_dataset(root)
+    pred = noisy_predictions(changed, tmp_path / "p")
+    assert message in refusal(root, pred)
+
+
+def test_image_level_test_set_gets_image_metrics_only(dataset, tmp_path):
+    root = tmp_path / "image-level"
+    shutil.copytree(dataset.root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["build"]["pixel_masks"] = False
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    changed = load_dataset(root)
+    pred = noisy_predictions(changed, tmp_path / "p")
+    shutil.rmtree(pred / "maps")
+    result = CliRunner().invoke(main, ["evaluate", str(pred), "--dataset", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "image-level metrics only" in result.output
+    saved = json.loads((pred / "metrics.json").read_text())
+    assert saved["pixel_level"] is False and "pixel_auroc" not in saved["metrics"]
+
+
+def test_cli_writes_metrics_json_and_plots(dataset, tmp_path):
+    pred = noisy_predictions(dataset, tmp_path / "p")
+    plots = tmp_path / "plots"
+    result = CliRunner().invoke(main, ["evaluate", str(pred), "--bootstrap", "20", "--plots", str(plots)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((pred / "metrics.json").read_text())
+    assert saved["metrics"]["pixel_auroc"] > 0.5 and "ci95" in saved
+    assert sorted(p.name for p in plots.iterdir()) == ["image_pr.png", "image_roc.png", "pixel_roc.png", "pro_curve.png"]
+    assert "pixel_pro_30" in result.output
+    compared = CliRunner().invoke(main, ["compare", str(pred), str(pred), "--bootstrap", "5"])
+    assert compared.exit_code == 0 and "no clear difference" in compared.output
