@@ -295,3 +295,18 @@ def pro_auc(masks, maps, fpr_limit: float = 0.3) -> float:
     if not 0 < fpr_limit <= 1:
         raise MetricInputError("fpr_limit must lie in (0, 1]")
     return PixelSet.from_maps(masks, maps).curve().pro_auc(fpr_limit)
+
+
+def evaluate(dataset, predictions, **options) -> dict:
+    """All eight headline metrics by name for a dataset and a predictions folder (paths or loaded objects).
+
+    A shortcut to :func:`impeller_bench.evaluate.evaluate`, which also gives
+    breakdowns and bootstrap intervals.
+    """
+    from .data import Dataset, load_dataset
+    from .evaluate import evaluate as run
+    from .predictions import Predictions, load_predictions
+
+    dataset = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
+    predictions = predictions if isinstance(predictions, Predictions) else load_predictions(predictions)
+    return run(dataset, predictions, **options)["metrics"]

@@ -179,3 +179,9 @@ def test_cli_writes_metrics_json_and_plots(dataset, tmp_path):
     assert "pixel_pro_30" in result.output
     compared = CliRunner().invoke(main, ["compare", str(pred), str(pred), "--bootstrap", "5"])
     assert compared.exit_code == 0 and "no clear difference" in compared.output
+
+
+def test_metrics_evaluate_takes_paths(dataset, tmp_path):
+    pred = noisy_predictions(dataset, tmp_path / "p")
+    by_path = metrics.evaluate(dataset.root, pred)
+    assert by_path == evaluate(dataset, load_predictions(pred))["metrics"]
