@@ -16,8 +16,6 @@ from .data import Dataset
 from .errors import ImpellerBenchError
 from .predictions import Predictions, check_against
 
-IMAGE_METRICS = ("image_auroc", "image_auprc", "image_f1_max", "image_precision", "image_recall")
-PIXEL_METRICS = ("pixel_auroc", "pixel_pro_30", "pixel_f1_max")
 FPR_LIMIT = 0.3
 # Region-size buckets as a fraction of the image area: [lower, upper).
 SIZE_BUCKETS = {"small (<0.1%)": (0.0, 0.001), "medium (0.1-1%)": (0.001, 0.01), "large (>=1%)": (0.01, np.inf)}

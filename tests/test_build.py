@@ -1,5 +1,4 @@
 """The split builder on synthetic sources: selection, determinism, group integrity, writing, rebuilding."""
-import json
 import shutil
 
 import numpy as np

@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from impeller_bench import metrics
 from impeller_bench.cli import main
 from impeller_bench.data import load_dataset
-from impeller_bench.errors import ImpellerBenchError
 from impeller_bench.evaluate import compare, evaluate, resize_map
 from impeller_bench.imageio import encode_png
 from impeller_bench.predictions import load_predictions, write_predictions
