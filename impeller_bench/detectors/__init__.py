@@ -1,0 +1,19 @@
+"""Detectors behind one interface, registered by name.
+
+Every detector is fitted on normal images only and then scores images::
+
+    detector = create("ours", seed=0)
+    detector.fit(train_images)
+    scores, maps = detector.score_images(test_images)   # (N,), (N, H, W) at the input size
+    detector.save("ours.pt"); detector = load("ours.pt")
+
+Images are uint8 numpy arrays, H x W (grey) or H x W x 3, all of one size.
+"""
+from __future__ import annotations
+
+from .base import Detector, available, create, load, register
+
+# Importing a detector module registers it.
+from . import efficientad  # noqa: E402,F401
+
+__all__ = ["Detector", "available", "create", "load", "register"]

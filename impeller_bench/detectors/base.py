@@ -1,0 +1,117 @@
+"""The detector interface and registry."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ImpellerBenchError
+from ..imageio import atomic_write_bytes
+
+_REGISTRY: dict[str, type["Detector"]] = {}
+CHECKPOINT_FORMAT = 1
+
+
+def register(name: str):
+    """Class decorator: make a detector reachable by ``name``."""
+
+    def add(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"detector {name!r} registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def detector_class(name: str) -> type["Detector"]:
+    if name not in _REGISTRY:
+        raise ImpellerBenchError(f"unknown detector {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def create(name: str, device: str | None = None, **config) -> "Detector":
+    """A new, unfitted detector; ``config`` overrides fields of its config dataclass."""
+    cls = detector_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = set(config) - fields
+    if unknown:
+        raise ImpellerBenchError(f"{name} has no option(s) {', '.join(sorted(unknown))}; options: {', '.join(sorted(fields))}")
+    return cls(cls.config_class(**config), name=name, device=device)
+
+
+def pick_device(device: str | None) -> torch.device:
+    """The requested device, else CUDA when present, else the CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Detector(ABC):
+    """Fit on normal images, then score images: image scores and pixel anomaly maps."""
+
+    config_class: ClassVar[type]
+
+    def __init__(self, config, name: str, device: str | None = None):
+        self.config = config
+        self.name = name
+        self.device = pick_device(device)
+        self.fitted = False
+
+    @abstractmethod
+    def fit(self, images: Sequence[np.ndarray], progress: Callable | None = None) -> "Detector":
+        """Learn from normal images only."""
+
+    @abstractmethod
+    def score_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(scores of shape N, maps of shape N x H x W at the input size); higher = more anomalous."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor the fitted detector needs (weights and normalisation statistics)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        ...
+
+    def describe(self) -> dict:
+        """What goes into meta.json: the method, its configuration, and anything a table must show."""
+        return {"method": self.name, "config": dataclasses.asdict(self.config)}
+
+    def save(self, path: str | Path) -> None:
+        """One file: tensors plus the JSON description, loadable with ``weights_only=True``."""
+        if not self.fitted:
+            raise ImpellerBenchError("the detector has not been fitted")
+        header = json.dumps({"format": CHECKPOINT_FORMAT, "name": self.name, "config": dataclasses.asdict(self.config)})
+        payload = {"header": torch.tensor(list(header.encode()), dtype=torch.uint8)}
+        payload |= {f"state.{k}": v.detach().cpu() for k, v in self.state_dict().items()}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def load(path: str | Path, device: str | None = None) -> Detector:
+    """A fitted detector from ``save``; only tensors are unpickled."""
+    from ..backbones import load_state_dict
+
+    payload = load_state_dict(path)
+    try:
+        header = json.loads(bytes(payload["header"].tolist()).decode())
+    except (KeyError, ValueError) as exc:
+        raise ImpellerBenchError("not an impeller-bench detector checkpoint", path) from exc
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise ImpellerBenchError(f"checkpoint format {header.get('format')!r} is not {CHECKPOINT_FORMAT}", path)
+    detector = create(header["name"], device=device, **header["config"])
+    detector.load_state_dict({k[len("state."):]: v for k, v in payload.items() if k.startswith("state.")})
+    detector.fitted = True
+    return detector

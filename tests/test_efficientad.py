@@ -1,0 +1,116 @@
+"""EfficientAD and ours: size arithmetic, no checkerboard, training, determinism, persistence."""
+import numpy as np
+import pytest
+import torch
+
+from impeller_bench import detectors, synth
+from impeller_bench.detectors.efficientad import AutoEncoder, TransposedDecoder, pdn, teacher_size
+from impeller_bench.errors import ImpellerBenchError
+
+
+@pytest.mark.parametrize("image_size", [64, 128, 256])
+@pytest.mark.parametrize("decoder", ["bilinear", "transposed"])
+def test_decoders_end_at_the_teacher_output_size(image_size, decoder):
+    t = teacher_size(image_size)
+    x = torch.zeros(2, 3, image_size, image_size)
+    assert pdn(384, "small")(x).shape == (2, 384, t, t)
+    assert AutoEncoder(image_size, decoder)(x).shape == (2, 384, t, t)
+    assert teacher_size(256) == 56 and pdn(384, "medium")(torch.zeros(1, 3, 256, 256)).shape == (1, 384, 56, 56)
+
+
+def test_transposed_sizes_follow_the_formula():
+    out = torch.zeros(1, 64, 1, 1)
+    sizes = []
+    for layer in TransposedDecoder(56).upsample:
+        out = layer(out)
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+            sizes.append((s, k, p, out.shape[-1]))
+    h = 1
+    for s, k, p, got in sizes:
+        h = s * (h - 1) + k - 2 * p
+        assert got == h
+    assert [s[-1] for s in sizes] == [7, 14, 28, 56]
+
+
+def phases_of_constant_input(stack: torch.nn.Sequential) -> torch.Tensor:
+    """Uniform kernels, constant latent: the interior's four 2 x 2 pixel phases must agree."""
+    with torch.no_grad():
+        for layer in stack:
+            if isinstance(layer, torch.nn.ConvTranspose2d):
+                layer.weight.fill_(1.0)
+                layer.bias.zero_()
+        out = stack(torch.ones(1, 64, 1, 1))[0, 0]
+    interior = out[4:-4, 4:-4]
+    return torch.stack([interior[i::2, j::2].mean() for i in (0, 1) for j in (0, 1)])
+
+
+def test_transposed_decoder_has_no_checkerboard():
+    phases = phases_of_constant_input(TransposedDecoder(56).upsample)
+    assert torch.allclose(phases, phases[0], rtol=1e-6)
+    # The test can fail: a kernel of 3 with stride 2 overlaps unevenly.
+    uneven = torch.nn.Sequential(torch.nn.ConvTranspose2d(64, 64, 7), torch.nn.ConvTranspose2d(64, 64, 3, stride=2, padding=1))
+    phases = phases_of_constant_input(uneven)
+    assert not torch.allclose(phases, phases[0], rtol=1e-3)
+
+
+def test_registry_and_configs():
+    assert {"ours", "efficientad"} <= set(detectors.available())
+    ours, plain = detectors.create("ours"), detectors.create("efficientad")
+    assert (ours.config.decoder, ours.config.dropout) == ("transposed", 0.0)
+    assert (plain.config.decoder, plain.config.dropout) == ("bilinear", 0.2)
+    with pytest.raises(ImpellerBenchError, match="no option"):
+        detectors.create("ours", colour="red")
+    with pytest.raises(ImpellerBenchError, match="unknown detector"):
+        detectors.create("nope")
+
+
+def synthetic_images(split, label, n, size=128, seed=0):
+    return [synth.generate(split, label, k, seed, size)[0] for k in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    detector = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu")
+    return detector.fit(synthetic_images("train", "good", 6))
+
+
+def test_scores_and_maps_have_the_input_shape_and_are_finite(trained):
+    images = synthetic_images("test", "defect", 3)
+    scores, maps = trained.score_images(images)
+    assert scores.shape == (3,) and maps.shape == (3, 128, 128)
+    assert np.isfinite(scores).all() and np.isfinite(maps).all()
+    np.testing.assert_allclose(scores, maps.reshape(3, -1).max(axis=1))
+
+
+def test_same_seed_same_scores(trained):
+    again = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu")
+    again.fit(synthetic_images("train", "good", 6))
+    images = synthetic_images("test", "good", 2)
+    np.testing.assert_array_equal(trained.score_images(images)[1], again.score_images(images)[1])
+
+
+def test_save_load_gives_identical_scores(trained, tmp_path):
+    path = tmp_path / "ours.pt"
+    trained.save(path)
+    loaded = detectors.load(path)
+    images = synthetic_images("test", "defect", 2)
+    np.testing.assert_array_equal(trained.score_images(images)[1], loaded.score_images(images)[1])
+    assert loaded.describe()["teacher"].startswith("random")
+
+
+def test_run_command_writes_predictions_that_evaluate(synthetic_dataset, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from impeller_bench.cli import main
+
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(main, ["run", "ours", "--dataset", str(synthetic_dataset), "--out", str(out),
+                                       "--steps", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["method"] == "ours" and meta["teacher"].startswith("random") and meta["config"]["steps"] == 2
+    assert "pixel_pro_30" in result.output
+    assert CliRunner().invoke(main, ["evaluate", str(out)]).exit_code == 0
