@@ -153,6 +153,27 @@ def run_command(method, dataset_dir, out, profile, steps, seed, device, overwrit
     click.echo(f"wrote {result['predictions']} (training {result['fit_seconds']:.0f} s)")
 
 
+@main.command("latency")
+@click.argument("methods", nargs=-1, required=True)
+@click.option("--device", help="cpu, cuda ... (default: CUDA when present).")
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a bar plot (PNG) here.")
+def latency_command(methods, device, runs, warmup, json_path, plot_path):
+    """Latency per image at batch 1, 256x256, host to device and back (median and 90th percentile)."""
+    from .imageio import atomic_write_bytes
+    from .latency import latency_plot, measure_latency
+
+    results = [measure_latency(m, device, runs, warmup) for m in methods]
+    text = json.dumps(results, indent=1)
+    click.echo(text)
+    if json_path:
+        atomic_write_bytes(json_path, (text + "\n").encode())
+    if plot_path:
+        latency_plot(results, plot_path)
+
+
 def _dataset_for(predictions, dataset_dir):
     from .data import load_dataset
 

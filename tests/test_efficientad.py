@@ -114,3 +114,18 @@ def test_run_command_writes_predictions_that_evaluate(synthetic_dataset, tmp_pat
     assert meta["method"] == "ours" and meta["teacher"].startswith("random") and meta["config"]["steps"] == 2
     assert "pixel_pro_30" in result.output
     assert CliRunner().invoke(main, ["evaluate", str(out)]).exit_code == 0
+
+
+def test_latency_command_reports_median_and_p90(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from impeller_bench.cli import main
+
+    result = CliRunner().invoke(main, ["latency", "ours", "efficientad", "--runs", "2", "--warmup", "1", "--device", "cpu",
+                                       "--json", str(tmp_path / "lat.json"), "--plot", str(tmp_path / "lat.png")])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "lat.json").read_text())
+    assert [f["method"] for f in figures] == ["ours", "efficientad"]
+    assert all(0 < f["median_ms"] <= f["p90_ms"] for f in figures) and (tmp_path / "lat.png").stat().st_size > 0

@@ -84,6 +84,10 @@ class Detector(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         ...
 
+    def prepare_untrained(self) -> None:
+        """Neutral statistics on untrained weights, so that ``score_images`` runs: for timing only."""
+        raise NotImplementedError(f"{self.name} cannot be timed untrained")
+
     def describe(self) -> dict:
         """What goes into meta.json: the method, its configuration, and anything a table must show."""
         return {"method": self.name, "config": dataclasses.asdict(self.config)}

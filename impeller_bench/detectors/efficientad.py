@@ -331,6 +331,14 @@ class EfficientAD(Detector):
         maps = torch.cat(maps).numpy()
         return maps.reshape(len(maps), -1).max(axis=1), maps
 
+    def prepare_untrained(self):
+        self.buffers["teacher_mean"].zero_()
+        self.buffers["teacher_std"].fill_(1.0)
+        self.buffers["quantiles"] = torch.tensor([0.0, 1.0, 0.0, 1.0], device=self.device)
+        for module in (self.teacher, self.student, self.autoencoder):
+            module.eval()
+        self.fitted = True
+
     # ----------------------------------------------------------------- persistence
 
     def state_dict(self):
