@@ -164,8 +164,8 @@ def load_backbone(name: str = "efficientnet_lite0", weights: str | Path | None =
     return model
 
 
-def imagenet_tensor(images, size: int | None = None) -> torch.Tensor:
-    """uint8 images (H x W grey or H x W x 3) -> an ImageNet-normalised float batch (N x 3 x H x W)."""
+def images01(images, size: int | None = None) -> torch.Tensor:
+    """uint8 images (H x W grey or H x W x 3) -> a float batch in [0, 1] (N x 3 x H x W), resized to size x size."""
     batch = []
     for image in images:
         array = np.asarray(image)
@@ -174,8 +174,18 @@ def imagenet_tensor(images, size: int | None = None) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / 255.0).permute(2, 0, 1)
         if size is not None and tensor.shape[-2:] != (size, size):
             tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False,
-                                   antialias=True)[0]
+                                   antialias=True)[0].clamp(0, 1)
         batch.append(tensor)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (torch.stack(batch) - mean) / std
+    return torch.stack(batch)
+
+
+def normalise(x01: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean and std normalisation of a [0, 1] batch."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x01.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x01.device).view(1, 3, 1, 1)
+    return (x01 - mean) / std
+
+
+def imagenet_tensor(images, size: int | None = None) -> torch.Tensor:
+    """uint8 images -> an ImageNet-normalised float batch (N x 3 x H x W)."""
+    return normalise(images01(images, size))

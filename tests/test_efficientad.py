@@ -129,3 +129,34 @@ def test_latency_command_reports_median_and_p90(tmp_path):
     figures = json.loads((tmp_path / "lat.json").read_text())
     assert [f["method"] for f in figures] == ["ours", "efficientad"]
     assert all(0 < f["median_ms"] <= f["p90_ms"] for f in figures) and (tmp_path / "lat.png").stat().st_size > 0
+
+
+def test_distilled_teacher_loads_into_the_detector(tmp_path):
+    import json
+
+    from impeller_bench.distill import distill_teacher, sample_photos
+
+    photos = sample_photos()
+    assert len(photos) >= 5  # offline images exist
+    out = tmp_path / "teacher.pt"
+    meta = distill_teacher(photos[:4] + synthetic_images("train", "good", 2, size=64), out, image_size=64, steps=3,
+                           batch_size=2, seed=0, device="cpu")
+    assert np.isfinite(meta["final_loss"]) and "substitute" in json.loads(out.with_name("teacher.pt.json").read_text())["backbone"]
+    detector = detectors.create("ours", image_size=64, teacher_weights=str(out), device="cpu")
+    state = torch.load(out, weights_only=True)
+    assert all(torch.equal(detector.teacher.state_dict()[k], v) for k, v in state.items())
+    assert detector.describe()["teacher"] == str(out)
+
+
+def test_published_teacher_layouts_are_mapped(tmp_path):
+    from impeller_bench.detectors.efficientad import teacher_state_from_file
+
+    reference = pdn(384, "small").state_dict()
+    anomalib_layout = {}
+    for index, name in zip((0, 3, 6, 8), ("conv1", "conv2", "conv3", "conv4")):
+        anomalib_layout[f"{name}.weight"] = reference[f"{index}.weight"]
+        anomalib_layout[f"{name}.bias"] = reference[f"{index}.bias"]
+    path = tmp_path / "anomalib_teacher.pt"
+    torch.save(anomalib_layout, path)
+    mapped = teacher_state_from_file(path, "small")
+    assert mapped.keys() == reference.keys() and all(torch.equal(mapped[k], reference[k]) for k in reference)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import imagenet_tensor, load_state_dict
+from ..backbones import images01, load_state_dict, normalise
 from ..errors import ImpellerBenchError
 from .base import Detector, register
 
@@ -191,14 +191,6 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (reference + factor * (x - reference)).clamp(0, 1)
 
 
-def _normalise(x01: torch.Tensor) -> torch.Tensor:
-    from ..backbones import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.tensor(IMAGENET_MEAN, device=x01.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x01.device).view(1, 3, 1, 1)
-    return (x01 - mean) / std
-
-
 @register("efficientad")
 class EfficientAD(Detector):
     config_class = EfficientADConfig
@@ -228,15 +220,11 @@ class EfficientAD(Detector):
 
     def _batch01(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 images -> float [0, 1] at the model's size, on the CPU (moved per batch)."""
-        normalised = imagenet_tensor(images, self.config.image_size)
-        from ..backbones import IMAGENET_MEAN, IMAGENET_STD
-
-        return (normalised * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-                + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).clamp(0, 1)
+        return images01(images, self.config.image_size)
 
     def _teacher(self, x01: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return (self.teacher(_normalise(x01)) - self.buffers["teacher_mean"]) / self.buffers["teacher_std"]
+            return (self.teacher(normalise(x01)) - self.buffers["teacher_mean"]) / self.buffers["teacher_std"]
 
     # ----------------------------------------------------------------- training
 
@@ -276,7 +264,7 @@ class EfficientAD(Detector):
         outputs = []
         with torch.no_grad():
             for chunk in train.split(8):
-                outputs.append(self.teacher(_normalise(chunk.to(self.device))))
+                outputs.append(self.teacher(normalise(chunk.to(self.device))))
         stacked = torch.cat(outputs)
         self.buffers["teacher_mean"] = stacked.mean(dim=(0, 2, 3), keepdim=True)
         self.buffers["teacher_std"] = stacked.std(dim=(0, 2, 3), keepdim=True) + 1e-6
@@ -284,20 +272,20 @@ class EfficientAD(Detector):
     def _loss(self, x: torch.Tensor, x_aug: torch.Tensor) -> torch.Tensor:
         c = self.config
         target = self._teacher(x)
-        student = self.student(_normalise(x))[:, :TEACHER_CHANNELS]
+        student = self.student(normalise(x))[:, :TEACHER_CHANNELS]
         distance = (target - student) ** 2
         hard = distance[distance >= torch.quantile(distance.flatten()[: 2 ** 24], c.hard_quantile)]
         loss_st = hard.mean()
         target_aug = self._teacher(x_aug)
-        ae = self.autoencoder(_normalise(x_aug))
-        student_ae = self.student(_normalise(x_aug))[:, TEACHER_CHANNELS:]
+        ae = self.autoencoder(normalise(x_aug))
+        student_ae = self.student(normalise(x_aug))[:, TEACHER_CHANNELS:]
         return loss_st + ((target_aug - ae) ** 2).mean() + ((ae - student_ae) ** 2).mean()
 
     # ----------------------------------------------------------------- scoring
 
     def _raw_maps(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            x = _normalise(x01)
+            x = normalise(x01)
             target = self._teacher(x01)
             student = self.student(x)
             ae = self.autoencoder(x)
