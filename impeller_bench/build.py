@@ -36,15 +36,12 @@ from .imageio import (
 from .report import ERROR, Finding
 from .sources import DEFECT, GOOD, SourceRecord
 from .sources.references import reference_for
+from .progress import no_progress
 
 TRAIN, TEST = "train", "test"
 NATIVE = "native"
 
 Progress = Callable[[Iterable, str], Iterable]
-
-
-def _no_progress(items, label):
-    return items
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ class ScannedImage:
     off_centre: float  # distance of the part's centre from the image centre, as a fraction of the size: pose
 
 
-def scan(records: Sequence[SourceRecord], progress: Progress = _no_progress, measure: bool = True):
+def scan(records: Sequence[SourceRecord], progress: Progress = no_progress, measure: bool = True):
     """Decode every record once. Returns (scans, findings); a scan is None where the image failed.
 
     With ``measure=False`` images are only checked (scans hold True for those that passed).
@@ -439,7 +436,7 @@ def write_dataset(
     report: dict | None = None,
     expected: dict | None = None,
     overwrite: bool = False,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> dict:
     """Write the dataset atomically; returns its manifest.
 
@@ -566,7 +563,7 @@ def build_split(
     group_threshold: float = grouping.DEFAULT_MATCH_THRESHOLD,
     name: str = "custom",
     overwrite: bool = False,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> tuple[dict, dict]:
     """Build a dataset folder from source folders; returns (manifest, build report).
 

@@ -15,6 +15,7 @@ from . import metrics
 from .data import Dataset
 from .errors import ImpellerBenchError
 from .predictions import Predictions, check_against
+from .progress import no_progress
 
 FPR_LIMIT = 0.3
 # Region-size buckets as a fraction of the image area: [lower, upper).
@@ -42,7 +43,7 @@ class EvaluationInputs:
 
 
 def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> EvaluationInputs:
-    progress = progress or (lambda items, label: items)
+    progress = progress or no_progress
     test = dataset.test
     ids = [s.id for s in test]
     pixel_level = dataset.has_pixel_masks
@@ -117,7 +118,7 @@ def breakdown(inputs: EvaluationInputs) -> dict:
 
 def bootstrap(inputs_list: list[EvaluationInputs], n: int, seed: int = 0, progress=None) -> list[dict[str, np.ndarray]]:
     """Metric values over ``n`` resamples of the test images, the same resamples for every input (paired)."""
-    progress = progress or (lambda items, label: items)
+    progress = progress or no_progress
     rng = np.random.default_rng(seed)
     count = len(inputs_list[0].ids)
     counts = [None if x.pixels is None else metrics.NegativeCounts.for_pixels(x.pixels) for x in inputs_list]

@@ -37,6 +37,8 @@ from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .progress import no_progress
+
 WORK_SIZE = 128
 POLAR_ANGLES = 256
 LOWEST_KEPT_HARMONIC = 4
@@ -203,7 +205,7 @@ def find_photo_groups(
     progress: Callable[[Iterable, str], Iterable] | None = None,
 ) -> PhotoGroups:
     """Group images that show the same photograph: ``sha256s[i]`` and ``fingerprints[i]`` describe image i."""
-    progress = progress or (lambda items, label: items)
+    progress = progress or no_progress
     n = len(sha256s)
     first_of: dict[str, int] = {}
     edges: list[tuple[int, int]] = []

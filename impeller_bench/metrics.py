@@ -88,6 +88,27 @@ def _as_stack(masks, maps):
 
 
 @dataclass(frozen=True)
+class DescendingRuns:
+    """Positive scores sorted high to low, and where each run of equal scores ends."""
+
+    order: np.ndarray
+    last_of_run: np.ndarray
+    thresholds: np.ndarray  # the distinct scores, descending
+
+    @classmethod
+    def of(cls, scores) -> "DescendingRuns":
+        scores = np.asarray(scores, dtype=np.float64)
+        order = np.argsort(-scores, kind="stable")
+        s = scores[order]
+        last_of_run = np.r_[s[1:] != s[:-1], True]
+        return cls(order, last_of_run, s[last_of_run])
+
+    def sums(self, values) -> np.ndarray:
+        """Cumulative sum of per-score ``values`` at each distinct score: the total of all scoring >= it."""
+        return np.cumsum(np.asarray(values, np.float64)[self.order])[self.last_of_run]
+
+
+@dataclass(frozen=True)
 class Curve:
     """Counts at each distinct positive score u (descending), from which every metric follows.
 
@@ -105,24 +126,19 @@ class Curve:
     pro: np.ndarray | None = None
 
     @classmethod
-    def from_sorted(cls, negatives_sorted, pos_scores, pos_weight=None, pro_share=None, neg_weight_total=None):
+    def from_sorted(cls, negatives_sorted, pos_scores, pos_weight=None, pro_share=None):
         """Build from ascending negative scores and (unsorted) positive scores.
 
         ``pos_weight`` weighs each positive (default 1); ``pro_share`` is each
         positive's share of the mean region overlap (1 / (region area x regions)).
         """
-        pos_scores = np.asarray(pos_scores, dtype=np.float64)
-        weight = np.ones_like(pos_scores) if pos_weight is None else np.asarray(pos_weight, np.float64)
-        order = np.argsort(-pos_scores, kind="stable")
-        s = pos_scores[order]
-        last_of_run = np.r_[s[1:] != s[:-1], True]
-        thresholds = s[last_of_run]
-        tp = np.cumsum(weight[order])[last_of_run]
-        pro = None if pro_share is None else np.cumsum(np.asarray(pro_share, np.float64)[order])[last_of_run]
-        n_neg = float(len(negatives_sorted)) if neg_weight_total is None else float(neg_weight_total)
-        below = np.searchsorted(negatives_sorted, thresholds, side="left")
-        at_or_below = np.searchsorted(negatives_sorted, thresholds, side="right")
-        return cls(thresholds, tp, n_neg - below, n_neg - at_or_below, float(weight.sum()), n_neg, pro)
+        runs = DescendingRuns.of(pos_scores)
+        weight = np.ones(len(runs.order)) if pos_weight is None else np.asarray(pos_weight, np.float64)
+        n_neg = float(len(negatives_sorted))
+        below = np.searchsorted(negatives_sorted, runs.thresholds, side="left")
+        at_or_below = np.searchsorted(negatives_sorted, runs.thresholds, side="right")
+        pro = None if pro_share is None else runs.sums(pro_share)
+        return cls(runs.thresholds, runs.sums(weight), n_neg - below, n_neg - at_or_below, float(weight.sum()), n_neg, pro)
 
     def auroc(self) -> float:
         """Mann-Whitney: P(score_pos > score_neg) + 0.5 P(equal), over all pairs."""
@@ -247,37 +263,33 @@ class PixelSet:
         """The curve with each image counted ``image_weight[k]`` times (a bootstrap resample)."""
         w = np.asarray(image_weight, np.float64)
         pos_w = w[self.pos_image]
-        region_w = w[self.region_image]
-        share = pos_w / (self.region_area[self.pos_region] * region_w.sum())
-        order = np.argsort(-self.pos_scores, kind="stable")
-        s = self.pos_scores[order]
-        last_of_run = np.r_[s[1:] != s[:-1], True]
-        below, at_or_below = negative_counts.weighted(w)
+        share = pos_w / (self.region_area[self.pos_region] * w[self.region_image].sum())
+        runs = negative_counts.runs
+        below, at_or_below = w @ negative_counts.below, w @ negative_counts.at_or_below
         n_neg = float(negative_counts.per_image_total @ w)
-        return Curve(s[last_of_run], np.cumsum(pos_w[order])[last_of_run], n_neg - below, n_neg - at_or_below,
-                     float(pos_w.sum()), n_neg, np.cumsum(share[order])[last_of_run])
+        return Curve(runs.thresholds, runs.sums(pos_w), n_neg - below, n_neg - at_or_below, float(pos_w.sum()), n_neg,
+                     runs.sums(share))
 
 
 @dataclass
 class NegativeCounts:
     """Per image, how many negatives lie below and at-or-below each distinct positive score (descending).
 
-    Built once for a bootstrap: any reweighting of images is then a product.
+    Built once for a bootstrap, with the positives' sort: any reweighting of
+    images is then a product and a cumulative sum.
     """
 
+    runs: DescendingRuns
     below: np.ndarray  # (images, thresholds) int32
     at_or_below: np.ndarray
     per_image_total: np.ndarray
 
     @classmethod
     def for_pixels(cls, pixels: PixelSet) -> "NegativeCounts":
-        s = np.sort(np.unique(pixels.pos_scores))[::-1]
-        below = np.stack([np.searchsorted(neg, s, side="left") for neg in pixels.negatives_by_image]).astype(np.int32)
-        at = np.stack([np.searchsorted(neg, s, side="right") for neg in pixels.negatives_by_image]).astype(np.int32)
-        return cls(below, at, np.array([len(n) for n in pixels.negatives_by_image], np.float64))
-
-    def weighted(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return w @ self.below, w @ self.at_or_below
+        runs = DescendingRuns.of(pixels.pos_scores)
+        count = lambda side: np.stack([np.searchsorted(neg, runs.thresholds, side=side)
+                                       for neg in pixels.negatives_by_image]).astype(np.int32)
+        return cls(runs, count("left"), count("right"), np.array([len(n) for n in pixels.negatives_by_image], np.float64))
 
 
 def pixel_auroc(masks, maps) -> float:

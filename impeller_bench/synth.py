@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 from .build import RenderedImage, write_rendered
 from .data import FORMAT_VERSION, MANIFEST_NAME, manifest_bytes
 from .imageio import encode_png, sha256_bytes, staged_directory
+from .progress import no_progress
 
 DEFECT_KINDS = ("holes", "chipping", "deburring", "spots")
 GENERATOR_VERSION = 1
@@ -136,7 +137,7 @@ def write_synthetic(
     progress=None,
 ) -> dict:
     """Write a synthetic dataset in the benchmark's layout, with its manifest; returns the manifest."""
-    progress = progress or (lambda items, label: items)
+    progress = progress or no_progress
     plan = [("train", "good", k) for k in range(train_good)]
     plan += [("test", "good", k) for k in range(test_good)] + [("test", "defect", k) for k in range(test_defect)]
 

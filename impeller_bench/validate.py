@@ -19,6 +19,7 @@ from .imageio import decode_image, sha256_bytes
 from .report import ERROR, WARNING, Report
 from .sources import detect_kind
 from .sources.supervisely import DEFAULT_MIN_REGION_AREA, tiny_region_findings
+from .progress import no_progress
 
 
 def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
@@ -44,14 +45,14 @@ def validate_source(path: Path, kind: str, min_region_area: int = DEFAULT_MIN_RE
     options = {"min_region_area": min_region_area} if kind == "supervisely" else {}
     records, findings = read_source(kind, path, **options)
     report = Report(list(findings))
-    _, scan_findings = scan(records, progress or (lambda items, label: items), measure=False)
+    _, scan_findings = scan(records, progress or no_progress, measure=False)
     report.extend(scan_findings)
     return report
 
 
 def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
     """Check every image and mask of a dataset folder against its manifest (when it has one)."""
-    progress = progress or (lambda items, label: items)
+    progress = progress or no_progress
     report = Report()
     try:
         dataset = load_dataset(root)
