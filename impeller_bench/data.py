@@ -41,6 +41,7 @@ class Sample:
     image_path: Path
     mask_path: Path | None = None
     defect_classes: tuple[str, ...] = ()
+    source: str | None = None  # the public source it was built from, when the manifest says
 
     @property
     def is_defect(self) -> bool:
@@ -114,6 +115,7 @@ def _from_manifest(root: Path, manifest_path: Path) -> Dataset:
             image_path=_inside(root, entry["file"], manifest_path),
             mask_path=None if entry.get("mask") is None else _inside(root, entry["mask"], manifest_path),
             defect_classes=tuple(entry.get("defect_classes", ())),
+            source=entry.get("source"),
         )
         (train if sample.split == "train" else test).append(sample)
     return Dataset(root, train, test, manifest, hashlib.sha256(data).hexdigest())

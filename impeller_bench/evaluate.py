@@ -40,6 +40,7 @@ class EvaluationInputs:
     pixels: metrics.PixelSet | None
     region_classes: list[list[str]] = field(default_factory=list)
     region_fraction: np.ndarray | None = None
+    sources: list[str | None] = field(default_factory=list)
 
 
 def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> EvaluationInputs:
@@ -57,7 +58,7 @@ def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> Ev
 
     if not pixel_level:
         check_labels()
-        return EvaluationInputs(ids, labels, scores, None)
+        return EvaluationInputs(ids, labels, scores, None, sources=[s.source for s in test])
     masks, maps = [], []
     for sample in progress(test, "reading masks and maps"):
         mask = sample.load_mask()
@@ -76,7 +77,7 @@ def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> Ev
         region_classes += listed if listed is not None and len(listed) == count else [list(sample.defect_classes)] * count
     image_area = np.array([m.size for m in masks], np.float64)
     fraction = pixels.region_area / image_area[pixels.region_image]
-    return EvaluationInputs(ids, labels, scores, pixels, region_classes, fraction)
+    return EvaluationInputs(ids, labels, scores, pixels, region_classes, fraction, [s.source for s in test])
 
 
 def point_metrics(inputs: EvaluationInputs, image_weight: np.ndarray | None = None, negative_counts=None) -> dict:
@@ -100,15 +101,29 @@ def point_metrics(inputs: EvaluationInputs, image_weight: np.ndarray | None = No
 
 
 def breakdown(inputs: EvaluationInputs) -> dict:
-    """Pixel AUROC and PRO restricted to each class's regions, and to each size bucket (all normal pixels kept)."""
+    """Sub-scores that locate a method's failures.
+
+    - ``good from SOURCE`` (when the good test images come from several
+      sources): image AUROC with every defect image but only that source's
+      good images, which shows a shift between sources;
+    - ``class C`` and ``size BUCKET``: pixel AUROC and PRO restricted to those
+      regions (all normal pixels kept).
+    """
+    out = {}
+    sources = np.array([s or "" for s in inputs.sources]) if inputs.sources else np.array([""] * len(inputs.ids))
+    good_sources = sorted(set(sources[~inputs.labels]) - {""})
+    if len(good_sources) > 1:
+        for source in good_sources:
+            chosen = inputs.labels | (sources == source)
+            out[f"good from {source}"] = {"good_images": int((~inputs.labels & chosen).sum()),
+                                         "image_auroc": metrics.image_auroc(inputs.labels[chosen], inputs.scores[chosen])}
     if inputs.pixels is None:
-        return {}
+        return out
     groups = {}
     for cls in sorted({c for classes in inputs.region_classes for c in classes}):
         groups[f"class {cls}"] = np.array([cls in classes for classes in inputs.region_classes])
     for name, (lo, hi) in SIZE_BUCKETS.items():
         groups[f"size {name}"] = (inputs.region_fraction >= lo) & (inputs.region_fraction < hi)
-    out = {}
     for name, chosen in groups.items():
         if chosen.any():
             curve = inputs.pixels.curve(chosen)
@@ -189,6 +204,9 @@ def format_table(result: dict) -> str:
     if not result["pixel_level"]:
         lines.append("  (no pixel masks in this test set: image-level metrics only)")
     for name, row in result.get("breakdown", {}).items():
+        if "image_auroc" in row:
+            lines.append(f"  {name:<40} good images {row['good_images']:4d}  image AUROC {100 * row['image_auroc']:6.2f}")
+            continue
         lines.append(f"  {name:<24} regions {row['regions']:4d}  pixel AUROC {100 * row['pixel_auroc']:6.2f}  "
                      f"PRO@30% {100 * row['pixel_pro_30']:6.2f}")
     return "\n".join(lines)

@@ -15,10 +15,12 @@ from .errors import ImpellerBenchError
 from .evaluate import evaluate
 from .predictions import load_predictions, write_predictions
 
-# Training profiles: "paper" is the published recipe (for GPUs); "quick" is the CPU default.
+# Training profiles: "paper" is the published recipe (for GPUs); "quick" is the CPU default: 128 x 128
+# inputs, batches of 4, bfloat16 mixed precision where the hardware has it (3.3x faster per step on this
+# machine's 2-core CPU with AMX), and a step count that keeps `run ours` on the built-in data under 3 minutes.
 PROFILES = {
-    "paper": {"steps": 70_000, "batch_size": 1, "image_size": 256},
-    "quick": {"steps": 150, "batch_size": 4, "image_size": 128},
+    "paper": {"steps": 70_000, "batch_size": 1, "image_size": 256, "precision": "float32"},
+    "quick": {"steps": 400, "batch_size": 4, "image_size": 128, "precision": "auto"},
 }
 SYNTHETIC_DEFAULT = {"train_good": 40, "test_good": 20, "test_defect": 20, "size": 256, "seed": 0}
 

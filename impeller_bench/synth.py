@@ -28,7 +28,7 @@ from .imageio import encode_png, sha256_bytes, staged_directory
 from .progress import no_progress
 
 DEFECT_KINDS = ("holes", "chipping", "deburring", "spots")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: defects about the size of the real ones (median region ~350 px at 256 x 256)
 _SPLIT_KEYS = {("train", "good"): 0, ("test", "good"): 1, ("test", "defect"): 2}
 
 
@@ -90,17 +90,17 @@ def _add_defect(kind, rng, image, rho, theta, radius, yy, xx, cy, cx, table):
     if kind == "holes":
         r = rng.uniform(0.68, 0.93) * radius
         py, px = cy + r * np.sin(angle), cx + r * np.cos(angle)
-        ry, rx = np.maximum(rng.uniform(1.5, 4.5, 2) * radius / 100, 1.0)
+        ry, rx = np.maximum(rng.uniform(3, 7, 2) * radius / 100, 1.0)
         mask = ((yy - py) / ry) ** 2 + ((xx - px) / rx) ** 2 <= 1
         image[mask] = 0.08 + 0.05 * rng.random(mask.sum())
     elif kind == "chipping":
         py, px = cy + radius * np.sin(angle), cx + radius * np.cos(angle)
-        r = rng.uniform(4, 10) * radius / 100
+        r = rng.uniform(7, 14) * radius / 100
         mask = (np.hypot(yy - py, xx - px) <= r) & (rho <= 1.0)
         image[mask] = table[mask]
     elif kind == "deburring":
         span = rng.uniform(0.08, 0.25)
-        length = rng.uniform(0.03, 0.07)
+        length = rng.uniform(0.05, 0.1)
         wiggle = length * (0.5 + 0.5 * np.sin(theta * rng.integers(20, 40) + rng.uniform(0, 6.3)))
         near = np.abs(np.angle(np.exp(1j * (np.arctan2(yy - cy, xx - cx) - angle)))) <= span
         mask = near & (rho > 1.0) & (rho <= 1.0 + wiggle)
@@ -109,7 +109,7 @@ def _add_defect(kind, rng, image, rho, theta, radius, yy, xx, cy, cx, table):
         r = rng.uniform(0.68, 0.92) * radius
         py, px = cy + r * np.sin(angle), cx + r * np.cos(angle)
         blob = np.hypot(yy - py, xx - px) + 1.5 * _smooth_noise(rng, image.shape[0], 2.0)
-        mask = (blob <= rng.uniform(3, 7) * radius / 100) & (rho <= 0.985) & (rho > 0.62)
+        mask = (blob <= rng.uniform(5, 10) * radius / 100) & (rho <= 0.985) & (rho > 0.62)
         image[mask] = image[mask] + rng.choice([-0.3, 0.25])
     else:
         raise ValueError(f"unknown defect kind {kind!r}; known: {', '.join(DEFECT_KINDS)}")

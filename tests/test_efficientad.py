@@ -114,6 +114,11 @@ def test_run_command_writes_predictions_that_evaluate(synthetic_dataset, tmp_pat
     assert meta["method"] == "ours" and meta["teacher"].startswith("random") and meta["config"]["steps"] == 2
     assert "pixel_pro_30" in result.output
     assert CliRunner().invoke(main, ["evaluate", str(out)]).exit_code == 0
+    ablation = CliRunner().invoke(main, ["run", "efficientad", "--dataset", str(synthetic_dataset), "--out", str(tmp_path / "abl"),
+                                         "--steps", "1", "--device", "cpu", "--decoder", "transposed", "--dropout", "0.1"])
+    assert ablation.exit_code == 0, ablation.output
+    config = json.loads((tmp_path / "abl" / "meta.json").read_text())["config"]
+    assert (config["decoder"], config["dropout"]) == ("transposed", 0.1)
 
 
 def test_latency_command_reports_median_and_p90(tmp_path):
@@ -160,3 +165,32 @@ def test_published_teacher_layouts_are_mapped(tmp_path):
     torch.save(anomalib_layout, path)
     mapped = teacher_state_from_file(path, "small")
     assert mapped.keys() == reference.keys() and all(torch.equal(mapped[k], reference[k]) for k in reference)
+
+
+def test_training_progress_reports_loss_and_speed():
+    seen = []
+
+    def progress(items, label, status=None):
+        for item in items:
+            yield item
+        seen.append((label, status()))
+
+    detector = detectors.create("ours", image_size=64, steps=3, batch_size=2, seed=0, device="cpu")
+    detector.fit(synthetic_images("train", "good", 4, size=64), progress)
+    (label, text), = seen
+    assert label == "training" and f"loss {detector.last_loss:.3f}" in text and "steps/s" in text
+    assert np.isfinite(detector.last_loss)
+
+
+def test_bfloat16_training_is_recorded_and_repeatable():
+    images = synthetic_images("train", "good", 4, size=64)
+    runs = []
+    for _ in range(2):
+        detector = detectors.create("ours", image_size=64, steps=3, batch_size=2, seed=0, device="cpu", precision="bfloat16")
+        detector.fit(images)
+        runs.append(detector.score_images(images[:2])[1])
+        assert detector.describe()["training_precision"] == "bfloat16" and runs[-1].dtype == np.float32
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert detectors.create("ours", precision="auto", device="cpu").training_precision in ("float32", "bfloat16")
+    with pytest.raises(ImpellerBenchError, match="precision"):
+        detectors.create("ours", precision="half", device="cpu").training_precision

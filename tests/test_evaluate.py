@@ -184,3 +184,23 @@ def test_metrics_evaluate_takes_paths(dataset, tmp_path):
     pred = noisy_predictions(dataset, tmp_path / "p")
     by_path = metrics.evaluate(dataset.root, pred)
     assert by_path == evaluate(dataset, load_predictions(pred))["metrics"]
+
+
+def test_breakdown_by_source_of_the_good_images():
+    from sklearn.metrics import roc_auc_score
+
+    from impeller_bench.evaluate import EvaluationInputs, breakdown
+
+    rng = np.random.default_rng(3)
+    labels = np.array([1] * 6 + [0] * 8, bool)
+    scores = rng.integers(0, 4, len(labels)).astype(float)  # ties on purpose
+    sources = ["a"] * 6 + ["a", "b", "a", "b", "b", "a", "b", "b"]
+    inputs = EvaluationInputs([f"i{k}" for k in range(len(labels))], labels, scores, None, sources=sources)
+    rows = breakdown(inputs)
+    for source in ("a", "b"):
+        chosen = labels | (np.array(sources) == source)
+        row = rows[f"good from {source}"]
+        assert row["good_images"] == int((~labels & chosen).sum())
+        assert row["image_auroc"] == pytest.approx(roc_auc_score(labels[chosen], scores[chosen]))
+    one_source = EvaluationInputs(inputs.ids, labels, scores, None, sources=["a"] * len(labels))
+    assert breakdown(one_source) == {}

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..backbones import images01, load_state_dict, normalise
 from ..errors import ImpellerBenchError
+from ..progress import StepRate
 from .base import Detector, register
 
 TEACHER_CHANNELS = 384
@@ -171,6 +172,9 @@ class EfficientADConfig:
     hard_quantile: float = 0.999
     validation_fraction: float = 0.1
     teacher_weights: str | None = None  # None: a seeded random teacher, labelled as such
+    # Training arithmetic: "float32" (published), or "bfloat16" mixed precision (weights, loss and scoring stay
+    # float32), or "auto" = bfloat16 where the hardware runs it natively (CUDA, or a CPU with bf16 units), else float32.
+    precision: str = "float32"
     seed: int = 0
 
 
@@ -211,6 +215,19 @@ class EfficientAD(Detector):
             ("quantiles", (4,)))}
         self._to_device()
 
+    @property
+    def training_precision(self) -> str:
+        """The configured precision, with "auto" resolved for this device."""
+        precision = self.config.precision
+        if precision not in ("float32", "bfloat16", "auto"):
+            raise ImpellerBenchError(f"unknown precision {precision!r} (float32, bfloat16 or auto)")
+        if precision != "auto":
+            return precision
+        if self.device.type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        native = self.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return "bfloat16" if native else "float32"
+
     def _to_device(self):
         for module in (self.teacher, self.student, self.autoencoder):
             module.to(self.device)
@@ -237,48 +254,62 @@ class EfficientAD(Detector):
         order = torch.randperm(len(data), generator=generator)
         n_val = max(1, int(round(c.validation_fraction * len(data))))
         validation, train = data[order[:n_val]], data[order[n_val:]]
-        self._fit_teacher_statistics(train)
+        # The teacher is frozen and sees the unaugmented images in the student loss: its outputs are computed once.
+        train_targets = self._fit_teacher_statistics(train)
         self.teacher.eval()
         self.student.train()
         self.autoencoder.train()
         parameters = list(self.student.parameters()) + list(self.autoencoder.parameters())
         optimiser = torch.optim.Adam(parameters, lr=c.lr, weight_decay=c.weight_decay)
         schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, int(0.95 * c.steps)), gamma=0.1)
+        self.last_loss = float("nan")
+        rate = StepRate()
+        status = lambda: f"loss {self.last_loss:.3f}  {rate.per_second:.2f} steps/s"  # noqa: E731
         steps = range(c.steps)
-        for step in (progress(steps, "training") if progress else steps):
+        bfloat16 = self.training_precision == "bfloat16"
+        layout = torch.channels_last if bfloat16 else torch.contiguous_format  # what oneDNN's bf16 kernels want
+        for module in (self.student, self.autoencoder, self.teacher):
+            module.to(memory_format=layout)
+        for _ in (progress(steps, "training", status) if progress else steps):
+            rate.tick()
             pick = torch.randint(len(train), (c.batch_size,), generator=generator)
-            x = train[pick].to(self.device)
-            loss = self._loss(x, _augment(x, generator))
+            x = train[pick].to(self.device).contiguous(memory_format=layout)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
+                loss = self._loss(x, train_targets[pick].to(self.device), _augment(x, generator))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             schedule.step()
             self.last_loss = float(loss.detach())
+        for module in (self.student, self.autoencoder, self.teacher):
+            module.to(memory_format=torch.contiguous_format)
         self.student.eval()
         self.autoencoder.eval()
         self._fit_map_quantiles(validation)
         self.fitted = True
         return self
 
-    def _fit_teacher_statistics(self, train: torch.Tensor) -> None:
+    def _fit_teacher_statistics(self, train: torch.Tensor) -> torch.Tensor:
+        """Sets the per-channel mean and std; returns the normalised teacher outputs (on the CPU)."""
         outputs = []
         with torch.no_grad():
             for chunk in train.split(8):
-                outputs.append(self.teacher(normalise(chunk.to(self.device))))
+                outputs.append(self.teacher(normalise(chunk.to(self.device))).cpu())
         stacked = torch.cat(outputs)
-        self.buffers["teacher_mean"] = stacked.mean(dim=(0, 2, 3), keepdim=True)
-        self.buffers["teacher_std"] = stacked.std(dim=(0, 2, 3), keepdim=True) + 1e-6
+        mean = stacked.mean(dim=(0, 2, 3), keepdim=True)
+        std = stacked.std(dim=(0, 2, 3), keepdim=True) + 1e-6
+        self.buffers["teacher_mean"], self.buffers["teacher_std"] = mean.to(self.device), std.to(self.device)
+        return (stacked - mean) / std
 
-    def _loss(self, x: torch.Tensor, x_aug: torch.Tensor) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor, target: torch.Tensor, x_aug: torch.Tensor) -> torch.Tensor:
         c = self.config
-        target = self._teacher(x)
-        student = self.student(normalise(x))[:, :TEACHER_CHANNELS]
+        student = self.student(normalise(x))[:, :TEACHER_CHANNELS].float()
         distance = (target - student) ** 2
         hard = distance[distance >= torch.quantile(distance.flatten()[: 2 ** 24], c.hard_quantile)]
         loss_st = hard.mean()
-        target_aug = self._teacher(x_aug)
-        ae = self.autoencoder(normalise(x_aug))
-        student_ae = self.student(normalise(x_aug))[:, TEACHER_CHANNELS:]
+        target_aug = self._teacher(x_aug).float()
+        ae = self.autoencoder(normalise(x_aug)).float()
+        student_ae = self.student(normalise(x_aug))[:, TEACHER_CHANNELS:].float()
         return loss_st + ((target_aug - ae) ** 2).mean() + ((ae - student_ae) ** 2).mean()
 
     # ----------------------------------------------------------------- scoring
@@ -347,6 +378,7 @@ class EfficientAD(Detector):
         return super().describe() | {
             "teacher": self.config.teacher_weights or f"random (seeded, untrained: seed {self.config.seed})",
             "penalty": "none (no penalty images given)",
+            "training_precision": self.training_precision,
         }
 
 
