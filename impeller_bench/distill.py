@@ -31,7 +31,7 @@ from .detectors.base import pick_device
 from .detectors.efficientad import TEACHER_CHANNELS, pdn, teacher_size
 from .errors import ImpellerBenchError
 from .imageio import atomic_write_bytes, is_image_file, read_image
-from .progress import StepRate
+from .progress import TrainingMeter
 
 FEATURE_STAGES = ("stage3", "stage4", "stage5", "stage6")
 
@@ -85,7 +85,8 @@ class FeatureTarget:
             stacked = F.avg_pool2d(stacked, 3, stride=1, padding=1)
             return F.adaptive_avg_pool2d(stacked, self.out_size)
 
-    def fit(self, batch01: torch.Tensor, seed: int) -> None:
+    def fit(self, batch01: torch.Tensor, seed: int) -> torch.Tensor:
+        """Fits the projection on these images; returns their projected targets (so they are not computed twice)."""
         features = torch.cat([self.raw(chunk.to(self.device)) for chunk in batch01.split(8)])
         vectors = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
         generator = torch.Generator().manual_seed(seed)
@@ -99,9 +100,12 @@ class FeatureTarget:
         projected = (vectors - sample.mean(0)) @ self.projection
         self.offset = sample.mean(0)
         self.mean, self.std = projected.mean(0), projected.std(0) + 1e-6
+        return self.project(features)
 
     def __call__(self, batch01: torch.Tensor) -> torch.Tensor:
-        features = self.raw(batch01)
+        return self.project(self.raw(batch01))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         n, c, h, w = features.shape
         vectors = features.permute(0, 2, 3, 1).reshape(-1, c)
         projected = ((vectors - self.offset) @ self.projection - self.mean) / self.std
@@ -123,31 +127,29 @@ def distill_teacher(images: list[np.ndarray], out, *, pdn_size: str = "small", i
     generator = torch.Generator().manual_seed(seed)
     data = images01(images, image_size)
     target = FeatureTarget(image_size, device, backbone_weights)
-    target.fit(data, seed)
     views = torch.cat([data, data.flip(-1)])
-    chunks = views.split(8)
-    targets = torch.cat([target(chunk.to(device)).bfloat16().cpu()
-                         for chunk in (progress(chunks, "backbone features") if progress else chunks)])
+    chunks = data.flip(-1).split(8)
+    targets = torch.cat([target.fit(data, seed).bfloat16().cpu()]
+                        + [target(chunk.to(device)).bfloat16().cpu()
+                           for chunk in (progress(chunks, "mirrored images' features") if progress else chunks)])
 
     teacher = pdn(TEACHER_CHANNELS, pdn_size).to(device)
     optimiser = torch.optim.Adam(teacher.parameters(), lr=lr, weight_decay=1e-5)
-    loss_value = float("nan")
-    rate = StepRate()
-    status = lambda: f"loss {loss_value:.3f}  {rate.per_second:.2f} steps/s"  # noqa: E731
-    for _ in (progress(range(steps), "distilling", status) if progress else range(steps)):
-        rate.tick()
+    meter = TrainingMeter()
+    for _ in (progress(range(steps), "distilling", meter.status) if progress else range(steps)):
+        meter.tick()
         pick = torch.randint(len(views), (batch_size,), generator=generator)
         x, y = views[pick].to(device), targets[pick].to(device).float()
         loss = ((teacher(normalise(x)) - y) ** 2).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        loss_value = float(loss.detach())
+        meter.loss = float(loss.detach())
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in teacher.state_dict().items()}, buffer)
     atomic_write_bytes(out, buffer.getvalue())
     meta = {"pdn": pdn_size, "image_size": image_size, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "images": len(images), "image_sources": sources, "final_loss": loss_value,
+            "images": len(images), "image_sources": sources, "final_loss": meter.loss,
             "backbone": "efficientnet_lite0 (ImageNet), a substitute for the paper's WideResNet-101",
             "feature_stages": list(FEATURE_STAGES)}
     atomic_write_bytes(Path(str(out) + ".json"), (json.dumps(meta, indent=1) + "\n").encode())

@@ -13,12 +13,13 @@ def no_progress(items, label, status=None):
     return items
 
 
-class StepRate:
-    """Steps per second since the first ``tick``; for a training loop's status text."""
+class TrainingMeter:
+    """A training loop's last loss and its steps per second since the first ``tick``; ``status`` for the bar."""
 
     def __init__(self):
         self.started = None
         self.steps = 0
+        self.loss = float("nan")
 
     def tick(self) -> None:
         if self.started is None:
@@ -31,3 +32,6 @@ class StepRate:
         if not self.steps:
             return 0.0
         return self.steps / max(time.perf_counter() - self.started, 1e-9)
+
+    def status(self) -> str:
+        return f"loss {self.loss:.3f}  {self.per_second:.2f} steps/s"

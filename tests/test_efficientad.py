@@ -194,3 +194,15 @@ def test_bfloat16_training_is_recorded_and_repeatable():
     assert detectors.create("ours", precision="auto", device="cpu").training_precision in ("float32", "bfloat16")
     with pytest.raises(ImpellerBenchError, match="precision"):
         detectors.create("ours", precision="half", device="cpu").training_precision
+
+
+def test_distillation_targets_from_fit_equal_fresh_ones():
+    from impeller_bench.backbones import images01
+    from impeller_bench.distill import FeatureTarget, sample_photos
+
+    data = images01(sample_photos()[:5], 64)
+    target = FeatureTarget(64, torch.device("cpu"))
+    fitted = target.fit(data, seed=0)
+    assert fitted.shape == (5, 384, teacher_size(64), teacher_size(64))
+    torch.testing.assert_close(fitted, target(data), atol=1e-4, rtol=1e-4)
+    assert abs(float(fitted.mean())) < 0.05 and abs(float(fitted.std()) - 1) < 0.1  # normalised per channel

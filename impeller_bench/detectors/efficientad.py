@@ -38,7 +38,7 @@ from torch import nn
 
 from ..backbones import images01, load_state_dict, normalise
 from ..errors import ImpellerBenchError
-from ..progress import StepRate
+from ..progress import TrainingMeter
 from .base import Detector, register
 
 TEACHER_CHANNELS = 384
@@ -262,16 +262,14 @@ class EfficientAD(Detector):
         parameters = list(self.student.parameters()) + list(self.autoencoder.parameters())
         optimiser = torch.optim.Adam(parameters, lr=c.lr, weight_decay=c.weight_decay)
         schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, int(0.95 * c.steps)), gamma=0.1)
-        self.last_loss = float("nan")
-        rate = StepRate()
-        status = lambda: f"loss {self.last_loss:.3f}  {rate.per_second:.2f} steps/s"  # noqa: E731
+        meter = TrainingMeter()
         steps = range(c.steps)
         bfloat16 = self.training_precision == "bfloat16"
         layout = torch.channels_last if bfloat16 else torch.contiguous_format  # what oneDNN's bf16 kernels want
         for module in (self.student, self.autoencoder, self.teacher):
             module.to(memory_format=layout)
-        for _ in (progress(steps, "training", status) if progress else steps):
-            rate.tick()
+        for _ in (progress(steps, "training", meter.status) if progress else steps):
+            meter.tick()
             pick = torch.randint(len(train), (c.batch_size,), generator=generator)
             x = train[pick].to(self.device).contiguous(memory_format=layout)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
@@ -280,12 +278,13 @@ class EfficientAD(Detector):
             loss.backward()
             optimiser.step()
             schedule.step()
-            self.last_loss = float(loss.detach())
+            meter.loss = float(loss.detach())
         for module in (self.student, self.autoencoder, self.teacher):
             module.to(memory_format=torch.contiguous_format)
         self.student.eval()
         self.autoencoder.eval()
         self._fit_map_quantiles(validation)
+        self.last_loss = meter.loss
         self.fitted = True
         return self
 
