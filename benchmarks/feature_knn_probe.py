@@ -18,23 +18,16 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from impeller_bench import metrics
 from impeller_bench.backbones import imagenet_tensor, load_backbone
 from impeller_bench.data import load_dataset
+from impeller_bench.evaluate import EvaluationInputs, breakdown, point_metrics
 
 
 def patch_features(backbone, samples, size, stages):
-    out = []
-    for start in range(0, len(samples), 16):
-        x = imagenet_tensor([s.load_image() for s in samples[start:start + 16]], size)
-        with torch.no_grad():
-            maps = backbone.features(x, stages)
-        grid = maps[stages[0]].shape[-2:]
-        stacked = torch.cat([F.interpolate(maps[s], size=grid, mode="bilinear", align_corners=False) for s in stages], 1)
-        out.append(F.avg_pool2d(stacked, 3, stride=1, padding=1))
-    return torch.cat(out)
+    chunks = [imagenet_tensor([s.load_image() for s in samples[k:k + 16]], size) for k in range(0, len(samples), 16)]
+    with torch.no_grad():
+        return torch.cat([backbone.patch_features(x, stages) for x in chunks])
 
 
 def main(argv=None) -> int:
@@ -58,14 +51,16 @@ def main(argv=None) -> int:
             scores.append(float(torch.cdist(patches, bank).min(dim=1).values.max()))
     labels = np.array([s.is_defect for s in dataset.test])
     scores = np.array(scores)
-    sources = np.array([s.source or "" for s in dataset.test])
+    inputs = EvaluationInputs([s.id for s in dataset.test], labels, scores, None, sources=[s.source for s in dataset.test])
     print(f"{args.dataset}: {len(dataset.train)} train, {len(labels)} test, features {args.stages} at {args.size} px")
-    print(f"  image AUROC, all test images: {metrics.image_auroc(labels, scores):.4f}")
-    for source in sorted(set(sources[~labels])):
-        chosen = labels | (sources == source)
-        print(f"  image AUROC, defects vs the {(~labels & chosen).sum()} good images from {source or '?'}: "
-              f"{metrics.image_auroc(labels[chosen], scores[chosen]):.4f}  (mean good score {scores[~labels & chosen].mean():.2f})")
-    print(f"  mean defect score {scores[labels].mean():.2f}; {time.perf_counter() - started:.0f} s")
+    print(f"  image AUROC, all test images: {point_metrics(inputs)['image_auroc']:.4f}")
+    for name, row in breakdown(inputs).items():
+        print(f"  image AUROC, {name} ({row['good_images']} good images): {row['image_auroc']:.4f}")
+    for source in sorted({s.source or "?" for s in dataset.test}):
+        chosen = np.array([(s.source or "?") == source for s in dataset.test])
+        print(f"  mean score of {source}: good {scores[chosen & ~labels].mean():.2f}, defect "
+              f"{scores[chosen & labels].mean() if (chosen & labels).any() else float('nan'):.2f}")
+    print(f"  {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -114,6 +114,14 @@ class EfficientNetLite(nn.Module):
         out["head"] = F.relu6(self._bn1(self._conv_head(x)))
         return out
 
+    def patch_features(self, x: torch.Tensor, names=("stage3", "stage4")) -> torch.Tensor:
+        """Locally aware patch features: the named maps upsampled (bilinear) to the first one's grid,
+        concatenated, and averaged over 3 x 3 neighbourhoods (PatchCore's aggregation)."""
+        maps = self.features(x, names)
+        grid = maps[names[0]].shape[-2:]
+        stacked = torch.cat([F.interpolate(maps[n], size=grid, mode="bilinear", align_corners=False) for n in names], 1)
+        return F.avg_pool2d(stacked, 3, stride=1, padding=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits of ImageNet-normalised images."""
         return self._fc(self.features(x, ("head",))["head"].mean(dim=(2, 3)))

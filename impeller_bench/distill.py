@@ -78,12 +78,7 @@ class FeatureTarget:
     def raw(self, batch01: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(batch01, scale_factor=2, mode="bilinear", align_corners=False)
         with torch.no_grad():
-            maps = self.backbone.features(normalise(x), FEATURE_STAGES)
-            grid = maps["stage3"].shape[-2:]
-            stacked = torch.cat([F.interpolate(maps[s], size=grid, mode="bilinear", align_corners=False)
-                                 for s in FEATURE_STAGES], dim=1)
-            stacked = F.avg_pool2d(stacked, 3, stride=1, padding=1)
-            return F.adaptive_avg_pool2d(stacked, self.out_size)
+            return F.adaptive_avg_pool2d(self.backbone.patch_features(normalise(x), FEATURE_STAGES), self.out_size)
 
     def fit(self, batch01: torch.Tensor, seed: int) -> torch.Tensor:
         """Fits the projection on these images; returns their projected targets (so they are not computed twice)."""

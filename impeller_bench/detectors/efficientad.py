@@ -202,6 +202,8 @@ class EfficientAD(Detector):
     def __init__(self, config, name, device=None):
         super().__init__(config, name, device)
         c = config
+        if c.precision not in ("float32", "bfloat16", "auto"):
+            raise ImpellerBenchError(f"unknown precision {c.precision!r} (float32, bfloat16 or auto)")
         torch.manual_seed(c.seed)
         self.teacher = pdn(TEACHER_CHANNELS, c.pdn)
         self.student = pdn(2 * TEACHER_CHANNELS, c.pdn)
@@ -219,8 +221,6 @@ class EfficientAD(Detector):
     def training_precision(self) -> str:
         """The configured precision, with "auto" resolved for this device."""
         precision = self.config.precision
-        if precision not in ("float32", "bfloat16", "auto"):
-            raise ImpellerBenchError(f"unknown precision {precision!r} (float32, bfloat16 or auto)")
         if precision != "auto":
             return precision
         if self.device.type == "cuda":
