@@ -146,15 +146,26 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
 @click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
               help="Autoencoder decoder, for ablations (default: the method's own).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations.")
+@click.option("--backbone", help="Pretrained backbone of the feature methods (patchcore, padim, spade): "
+                                 "efficientnet_lite0 (default), efficientnet_lite2, mobilenet_v2, resnet18, "
+                                 "wide_resnet50_2, wide_resnet101_2.")
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The backbone's checkpoint file (default: its known file, checksummed).")
+@click.option("--layers", help="Comma-separated feature maps of the backbone (default: the method's own choice).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing predictions folder.")
-def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_weights, decoder, dropout, overwrite):
-    """Train METHOD on train/good, score the test set, write predictions and print the evaluation."""
+def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_weights, decoder, dropout, backbone,
+                backbone_weights, layers, overwrite):
+    """Train METHOD on train/good, score the test set, write predictions and print the evaluation.
+
+    METHOD: ours, efficientad, patchcore, padim or spade."""
     from .evaluate import format_table
     from .runner import run_method
 
     if dataset_dir is None:
         click.echo("no --dataset given: running on the built-in synthetic impellers", err=True)
-    options = {"teacher_weights": str(teacher_weights) if teacher_weights else None, "decoder": decoder, "dropout": dropout}
+    options = {"teacher_weights": str(teacher_weights) if teacher_weights else None, "decoder": decoder, "dropout": dropout,
+               "backbone": backbone, "backbone_weights": str(backbone_weights) if backbone_weights else None,
+               "layers": [name.strip() for name in layers.split(",")] if layers else None}
     options = {k: v for k, v in options.items() if v is not None}
     result = run_method(method, dataset_dir, out, profile, steps, seed, device, overwrite, _progress, **options)
     click.echo(format_table(result))

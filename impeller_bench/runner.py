@@ -15,13 +15,6 @@ from .errors import ImpellerBenchError
 from .evaluate import evaluate
 from .predictions import load_predictions, write_predictions
 
-# Training profiles: "paper" is the published recipe (for GPUs); "quick" is the CPU default: 128 x 128
-# inputs, batches of 4, bfloat16 mixed precision where the hardware has it (3.3x faster per step on this
-# machine's 2-core CPU with AMX), and a step count that keeps `run ours` on the built-in data under 3 minutes.
-PROFILES = {
-    "paper": {"steps": 70_000, "batch_size": 1, "image_size": 256, "precision": "float32"},
-    "quick": {"steps": 400, "batch_size": 4, "image_size": 128, "precision": "auto"},
-}
 SYNTHETIC_DEFAULT = {"train_good": 40, "test_good": 20, "test_defect": 20, "size": 256, "seed": 0}
 
 
@@ -39,13 +32,14 @@ def default_dataset() -> Path:
 def run_method(method: str, dataset_dir=None, out=None, profile: str = "quick", steps: int | None = None,
                seed: int = 0, device: str | None = None, overwrite: bool = False, progress=None, **options) -> dict:
     """Fit, score, write the predictions folder and evaluate it; returns the evaluation (and where things went)."""
-    if profile not in PROFILES:
-        raise ImpellerBenchError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    profiles = detectors.detector_class(method).profiles
+    if profile not in profiles:
+        raise ImpellerBenchError(f"unknown profile {profile!r}; known: {', '.join(profiles)}")
     synthetic = dataset_dir is None
     dataset_dir = Path(dataset_dir) if dataset_dir is not None else default_dataset()
     dataset = load_dataset(dataset_dir)
     out = Path(out) if out is not None else Path("predictions") / method
-    config = PROFILES[profile] | {"seed": seed} | ({"steps": steps} if steps is not None else {}) | options
+    config = profiles[profile] | {"seed": seed} | ({"steps": steps} if steps is not None else {}) | options
     detector = detectors.create(method, device=device, **config)
 
     train = [s.load_image() for s in dataset.train]

@@ -1,4 +1,7 @@
-"""The pretrained backbone is real: ImageNet classes of scikit-image's sample photos."""
+"""Backbones: the packaged weights are real (ImageNet classes of scikit-image's sample photos), the
+torchvision architectures match theirs, and missing or wrong weights give one clear error."""
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +59,55 @@ def test_a_pickled_object_is_not_executed(tmp_path):
     torch.save({"x": Boom()}, path)
     with pytest.raises(ImpellerBenchError, match="not a loadable tensor checkpoint"):
         backbones.load_state_dict(path)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite2", "mobilenet_v2"])
+def test_other_packaged_backbones_classify_a_cat_and_an_espresso(name):
+    spec = backbones.BACKBONES[name]
+    if importlib.util.find_spec(spec.package) is None:
+        pytest.skip(f"optional weights package not installed: {spec.pip}")
+    model = backbones.load_backbone(name)
+    assert top_class(model, data.chelsea()) in CATS
+    assert top_class(model, data.coffee()) == ESPRESSO
+
+
+# torchvision's published parameter counts: the architectures match theirs, so their checkpoints load strict.
+TORCHVISION_PARAMETERS = {"resnet18": 11_689_512, "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
+                          "mobilenet_v2": 3_504_872}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMETERS))
+def test_torchvision_architectures_have_torchvision_parameter_counts(name):
+    model = backbones.BACKBONES[name].build()
+    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_PARAMETERS[name]
+
+
+def test_resnet_feature_maps_and_a_user_checkpoint(tmp_path):
+    model = backbones.BACKBONES["resnet18"].build()
+    path = tmp_path / "mine.pth"
+    torch.save(model.state_dict(), path)
+    loaded = backbones.load_backbone("resnet18", path)
+    x = backbones.imagenet_tensor([np.zeros((256, 256), np.uint8)])
+    maps = loaded.features(x, ("layer1", "layer2", "layer3", "layer4"))
+    assert {k: tuple(v.shape[1:]) for k, v in maps.items()} == {
+        "layer1": (64, 64, 64), "layer2": (128, 32, 32), "layer3": (256, 16, 16), "layer4": (512, 8, 8)}
+    assert loaded(x).shape == (1, 1000)
+
+
+def test_missing_weights_say_where_they_were_looked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = tmp_path / "hub" / "checkpoints" / "wide_resnet50_2-95faca4d.pth"
+    with pytest.raises(ImpellerBenchError, match="were not found") as error:
+        backbones.load_backbone("wide_resnet50_2")
+    assert str(expected) in str(error.value)
+    expected.parent.mkdir(parents=True)
+    torch.save({"fc.weight": torch.zeros(1)}, expected)  # right name, wrong content: the hash prefix differs
+    with pytest.raises(ImpellerBenchError, match="sha256"):
+        backbones.load_backbone("wide_resnet50_2")
+
+
+def test_unknown_backbone_and_layer_names_are_refused(lite0):
+    with pytest.raises(ImpellerBenchError, match="unknown backbone 'resnet9000'; known: efficientnet_lite0"):
+        backbones.load_backbone("resnet9000")
+    with pytest.raises(ImpellerBenchError, match=r"unknown feature map\(s\) \['layer2'\]"):
+        lite0.features(torch.zeros(1, 3, 64, 64), ("layer2",))

@@ -11,9 +11,9 @@ Images are uint8 numpy arrays, H x W (grey) or H x W x 3, all of one size.
 """
 from __future__ import annotations
 
-from .base import Detector, available, create, load, register
+from .base import Detector, available, create, detector_class, load, register
 
 # Importing a detector module registers it.
-from . import efficientad  # noqa: E402,F401
+from . import efficientad, padim, patchcore, patchsvdd, spade  # noqa: E402,F401
 
-__all__ = ["Detector", "available", "create", "load", "register"]
+__all__ = ["Detector", "available", "create", "detector_class", "load", "register"]

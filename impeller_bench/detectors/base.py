@@ -31,10 +31,12 @@ def register(name: str):
 
 
 def available() -> list[str]:
+    """The registered detector names."""
     return sorted(_REGISTRY)
 
 
 def detector_class(name: str) -> type["Detector"]:
+    """The class registered as ``name`` (a clear error for unknown names)."""
     if name not in _REGISTRY:
         raise ImpellerBenchError(f"unknown detector {name!r}; available: {', '.join(available())}")
     return _REGISTRY[name]
@@ -61,6 +63,8 @@ class Detector(ABC):
     """Fit on normal images, then score images: image scores and pixel anomaly maps."""
 
     config_class: ClassVar[type]
+    # Configuration overrides per run profile: "paper" is the published recipe, "quick" the CPU default.
+    profiles: ClassVar[dict[str, dict]] = {"quick": {}, "paper": {}}
 
     def __init__(self, config, name: str, device: str | None = None):
         self.config = config

@@ -198,6 +198,13 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 @register("efficientad")
 class EfficientAD(Detector):
     config_class = EfficientADConfig
+    # "quick" is the CPU default: 128 x 128 inputs, batches of 4, bfloat16 mixed precision where the hardware
+    # has it (3.3x faster per step on a 2-core CPU with AMX), and a step count that keeps `run ours` on the
+    # built-in data under 3 minutes.
+    profiles = {
+        "paper": {"steps": 70_000, "batch_size": 1, "image_size": 256, "precision": "float32"},
+        "quick": {"steps": 400, "batch_size": 4, "image_size": 128, "precision": "auto"},
+    }
 
     def __init__(self, config, name, device=None):
         super().__init__(config, name, device)

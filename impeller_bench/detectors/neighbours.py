@@ -1,0 +1,68 @@
+"""Exact nearest-neighbour search and greedy coreset selection, in chunked torch code.
+
+Memory stays bounded whatever the sizes: distances are computed for blocks of
+queries small enough that one block's distance matrix holds at most
+``MAX_BLOCK_ELEMENTS`` numbers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+MAX_BLOCK_ELEMENTS = 2 ** 24  # 64 MB of float32 distances per block
+
+
+def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` smallest Euclidean distances from each query (rows, Q x D) to the bank (B x D), ascending,
+    and the bank rows they belong to: two Q x k tensors.
+
+    Squared distances come from |q|^2 + |b|^2 - 2 q.b (one matrix product per block); only the k kept are
+    square-rooted."""
+    if not 1 <= k <= len(bank):
+        raise ValueError(f"k={k} needs 1 <= k <= bank size {len(bank)}")
+    rows = max(1, MAX_BLOCK_ELEMENTS // len(bank))
+    bank_norms = (bank * bank).sum(1)
+    distances, indices = [], []
+    for block in queries.split(rows):
+        squared = torch.addmm(bank_norms[None], block, bank.T, alpha=-2).add_((block * block).sum(1, keepdim=True))
+        if k == 1:
+            values, where = squared.min(dim=1, keepdim=True)
+        else:
+            values, where = squared.topk(k, dim=1, largest=False)
+        distances.append(values.clamp_min_(0).sqrt_())
+        indices.append(where)
+    return torch.cat(distances), torch.cat(indices)
+
+
+def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | None = 128, seed: int = 0,
+                   progress: Callable | None = None) -> torch.Tensor:
+    """Indices of ``count`` rows chosen by greedy k-center selection (PatchCore's coreset, Sener & Savarese):
+    start from a seeded random row, then repeatedly add the row farthest from those chosen.
+
+    Distances are measured after a seeded Gaussian random projection to ``projection_dim`` dimensions
+    (Johnson-Lindenstrauss; None or a dimension >= D: no projection), which keeps each step one
+    matrix-vector product."""
+    n, dim = features.shape
+    count = max(1, min(count, n))
+    generator = torch.Generator().manual_seed(seed)
+    points = features.float()
+    if projection_dim and projection_dim < dim:
+        projection = torch.randn(dim, projection_dim, generator=generator) / math.sqrt(projection_dim)
+        points = points @ projection.to(points.device)
+    squared_norms = (points * points).sum(1)
+    chosen = torch.empty(count, dtype=torch.long)
+    chosen[0] = int(torch.randint(n, (1,), generator=generator))
+
+    def squared_distances_to(i: int) -> torch.Tensor:
+        """|x|^2 - 2 x.c + |c|^2 for every row x: one fused matrix-vector product and one add."""
+        return torch.addmv(squared_norms, points, points[i], alpha=-2).add_(squared_norms[i])
+
+    closest = squared_distances_to(int(chosen[0]))
+    steps = range(1, count)
+    for step in (progress(steps, "coreset") if progress else steps):
+        farthest = int(closest.argmax())
+        chosen[step] = farthest
+        torch.minimum(closest, squared_distances_to(farthest), out=closest)
+    return chosen

@@ -1,0 +1,95 @@
+"""PaDiM (Defard et al., ICPR 2021): a Gaussian per feature-grid position, Mahalanobis distance as the score.
+
+- Features: three stages of strides 4, 8 and 16 (ResNet's layer1-3 in the
+  paper; EfficientNet-Lite0's ``stage2``, ``stage3``, ``stage5`` by default
+  here), upsampled to the stride-4 grid and concatenated; a seeded random
+  subset of ``channels`` (100, the paper's choice for ResNet-18) is kept.
+- At each grid position (i, j): the mean mu_ij and covariance
+  Sigma_ij + 0.01 I of the training images' features there.
+- Score at (i, j): sqrt((x - mu_ij)^T Sigma_ij^-1 (x - mu_ij)); the map is
+  upsampled to the image size and smoothed (Gaussian, sigma 4); the image
+  score is the map's maximum.
+
+Statistics are accumulated image batch by image batch (float64), so memory
+does not grow with the number of training images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import register
+from .features import PretrainedFeatureDetector, PretrainedFeaturesConfig
+
+
+@dataclass
+class PaDiMConfig(PretrainedFeaturesConfig):
+    channels: int = 100
+    regularisation: float = 0.01
+
+
+@register("padim")
+class PaDiM(PretrainedFeatureDetector):
+    config_class = PaDiMConfig
+    layer_role = "pyramid"
+
+    def _embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """N x P x d: the kept channels at every grid position."""
+        features = self.backbone.patch_features(x, self.layers, 1)[:, self.kept_channels]
+        return features.flatten(2).transpose(1, 2)
+
+    def fit(self, images, progress=None):
+        self._require_images(images, 2)
+        channels_available = self.patch_features(images[:1]).shape[1]
+        generator = torch.Generator().manual_seed(self.config.seed)
+        keep = min(self.config.channels, channels_available)
+        self.kept_channels = torch.randperm(channels_available, generator=generator)[:keep].sort().values.to(self.device)
+        total = sum_ = outer = None
+        with torch.no_grad():
+            for x in self._batches(images, "features", progress):
+                e = self._embeddings(x).double()
+                if sum_ is None:
+                    total, sum_, outer = 0, torch.zeros_like(e[0]), torch.zeros(e.shape[1], keep, keep, dtype=e.dtype,
+                                                                                 device=e.device)
+                total += len(e)
+                sum_ += e.sum(0)
+                outer += torch.einsum("npd,npe->pde", e, e)
+        mean = sum_ / total
+        covariance = (outer - total * torch.einsum("pd,pe->pde", mean, mean)) / (total - 1)
+        covariance += self.config.regularisation * torch.eye(keep, dtype=covariance.dtype, device=covariance.device)
+        self.mean = mean.float()
+        self.precision = torch.linalg.inv(covariance).float()
+        self.fitted = True
+        return self
+
+    def score_images(self, images):
+        self._require_fitted()
+        maps = []
+        with torch.no_grad():
+            for x in self._batches(images, "scoring", None):
+                features = self.backbone.patch_features(x, self.layers, 1)
+                h, w = features.shape[-2:]
+                diff = features[:, self.kept_channels].flatten(2).transpose(1, 2) - self.mean
+                squared = torch.einsum("npd,pde,npe->np", diff, self.precision, diff).clamp_min(0)
+                maps.append(squared.sqrt().view(-1, h, w))
+        height, width = images[0].shape[:2]
+        maps = self.finish_maps(torch.cat(maps), (height, width))
+        return maps.reshape(len(maps), -1).max(axis=1), maps
+
+    def prepare_untrained(self):
+        features = self.patch_features([torch.zeros(64, 64, dtype=torch.uint8).numpy()])
+        keep = min(self.config.channels, features.shape[1])
+        positions = (self.config.image_size // 4) ** 2
+        self.kept_channels = torch.arange(keep, device=self.device)
+        self.mean = torch.zeros(positions, keep, device=self.device)
+        self.precision = torch.eye(keep, device=self.device).expand(positions, keep, keep).contiguous()
+        self.fitted = True
+
+    def state_dict(self):
+        return {"kept_channels": self.kept_channels, "mean": self.mean, "precision": self.precision}
+
+    def load_state_dict(self, state):
+        self.kept_channels = state["kept_channels"].to(self.device)
+        self.mean = state["mean"].to(self.device)
+        self.precision = state["precision"].to(self.device)
