@@ -16,6 +16,7 @@ from ..imageio import atomic_write_bytes
 
 _REGISTRY: dict[str, type["Detector"]] = {}
 CHECKPOINT_FORMAT = 1
+TRAINING_IMAGES_FOR_TIMING = 400  # untrained detectors get memory of the size a 400-image fit gives
 
 
 def register(name: str):
@@ -88,6 +89,10 @@ class Detector(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         ...
 
+    def require_fitted(self) -> None:
+        if not self.fitted:
+            raise ImpellerBenchError(f"{self.name} has not been fitted: call fit() on normal images first")
+
     def prepare_untrained(self) -> None:
         """Neutral statistics on untrained weights, so that ``score_images`` runs: for timing only."""
         raise NotImplementedError(f"{self.name} cannot be timed untrained")
@@ -98,8 +103,7 @@ class Detector(ABC):
 
     def save(self, path: str | Path) -> None:
         """One file: tensors plus the JSON description, loadable with ``weights_only=True``."""
-        if not self.fitted:
-            raise ImpellerBenchError("the detector has not been fitted")
+        self.require_fitted()
         header = json.dumps({"format": CHECKPOINT_FORMAT, "name": self.name, "config": dataclasses.asdict(self.config)})
         payload = {"header": torch.tensor(list(header.encode()), dtype=torch.uint8)}
         payload |= {f"state.{k}": v.detach().cpu() for k, v in self.state_dict().items()}

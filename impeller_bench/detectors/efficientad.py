@@ -341,8 +341,7 @@ class EfficientAD(Detector):
         self.buffers["quantiles"] = torch.cat([torch.quantile(local, q), torch.quantile(global_, q)])
 
     def score_images(self, images):
-        if not self.fitted:
-            raise ImpellerBenchError("the detector has not been fitted")
+        self.require_fitted()
         height, width = np.asarray(images[0]).shape[:2]
         qa_l, qb_l, qa_g, qb_g = self.buffers["quantiles"]
         maps = []

@@ -19,7 +19,6 @@ from ..errors import ImpellerBenchError
 from .base import Detector
 
 BATCH = 16
-TRAINING_IMAGES_FOR_TIMING = 400  # untrained detectors get state of the size a 400-image fit gives
 
 
 @dataclass
@@ -66,10 +65,6 @@ class PretrainedFeatureDetector(Detector):
         if self.config.blur_sigma > 0:
             maps = ndi.gaussian_filter(maps, sigma=(0, self.config.blur_sigma, self.config.blur_sigma))
         return maps
-
-    def _require_fitted(self):
-        if not self.fitted:
-            raise ImpellerBenchError(f"{self.name} has not been fitted: call fit() on normal images first")
 
     def _require_images(self, images, minimum: int = 1):
         if len(images) < minimum:

@@ -34,10 +34,10 @@ class PaDiM(PretrainedFeatureDetector):
     config_class = PaDiMConfig
     layer_role = "pyramid"
 
-    def _embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """N x P x d: the kept channels at every grid position."""
+    def _embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """N x P x d: the kept channels at every grid position; and the grid's (h, w)."""
         features = self.backbone.patch_features(x, self.layers, 1)[:, self.kept_channels]
-        return features.flatten(2).transpose(1, 2)
+        return features.flatten(2).transpose(1, 2), tuple(features.shape[-2:])
 
     def fit(self, images, progress=None):
         self._require_images(images, 2)
@@ -48,7 +48,7 @@ class PaDiM(PretrainedFeatureDetector):
         total = sum_ = outer = None
         with torch.no_grad():
             for x in self._batches(images, "features", progress):
-                e = self._embeddings(x).double()
+                e = self._embeddings(x)[0].double()
                 if sum_ is None:
                     total, sum_, outer = 0, torch.zeros_like(e[0]), torch.zeros(e.shape[1], keep, keep, dtype=e.dtype,
                                                                                  device=e.device)
@@ -64,13 +64,12 @@ class PaDiM(PretrainedFeatureDetector):
         return self
 
     def score_images(self, images):
-        self._require_fitted()
+        self.require_fitted()
         maps = []
         with torch.no_grad():
             for x in self._batches(images, "scoring", None):
-                features = self.backbone.patch_features(x, self.layers, 1)
-                h, w = features.shape[-2:]
-                diff = features[:, self.kept_channels].flatten(2).transpose(1, 2) - self.mean
+                embeddings, (h, w) = self._embeddings(x)
+                diff = embeddings - self.mean
                 squared = torch.einsum("npd,pde,npe->np", diff, self.precision, diff).clamp_min(0)
                 maps.append(squared.sqrt().view(-1, h, w))
         height, width = images[0].shape[:2]

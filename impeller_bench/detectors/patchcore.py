@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import register
-from .features import TRAINING_IMAGES_FOR_TIMING, PretrainedFeatureDetector, PretrainedFeaturesConfig
+from .base import TRAINING_IMAGES_FOR_TIMING, register
+from .features import PretrainedFeatureDetector, PretrainedFeaturesConfig
 from .neighbours import greedy_coreset, nearest
 
 
@@ -49,7 +49,7 @@ class PatchCore(PretrainedFeatureDetector):
         return self
 
     def score_images(self, images):
-        self._require_fitted()
+        self.require_fitted()
         features = self.patch_features(images)
         n, channels, h, w = features.shape
         patches = features.permute(0, 2, 3, 1).reshape(n, h * w, channels)

@@ -32,7 +32,7 @@ from torch import nn
 from ..backbones import images01
 from ..errors import ImpellerBenchError
 from ..progress import TrainingMeter
-from .base import Detector, register
+from .base import TRAINING_IMAGES_FOR_TIMING, Detector, register
 from .neighbours import nearest
 
 # The eight neighbour directions, the classes of the position task.
@@ -213,8 +213,7 @@ class PatchSVDD(Detector):
         return (total / coverage)[:, 0]
 
     def score_images(self, images):
-        if not self.fitted:
-            raise ImpellerBenchError(f"{self.name} has not been fitted: call fit() on normal images first")
+        self.require_fitted()
         data = self._standardised(images)
         combined = None
         for name in PATCH_SIZES:
@@ -234,7 +233,7 @@ class PatchSVDD(Detector):
         generator = torch.Generator().manual_seed(0)
         for name in PATCH_SIZES:
             per_image = ((self.config.image_size - PATCH_SIZES[name]) // self._stride(name) + 1) ** 2
-            self.banks[name] = torch.randn(400 * per_image, self.config.dim, generator=generator).to(self.device)
+            self.banks[name] = torch.randn(TRAINING_IMAGES_FOR_TIMING * per_image, self.config.dim, generator=generator).to(self.device)
         self.fitted = True
 
     # ----------------------------------------------------------------- persistence

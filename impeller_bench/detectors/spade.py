@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import register
-from .features import TRAINING_IMAGES_FOR_TIMING, PretrainedFeatureDetector, PretrainedFeaturesConfig
+from .base import TRAINING_IMAGES_FOR_TIMING, register
+from .features import PretrainedFeatureDetector, PretrainedFeaturesConfig
 from .neighbours import nearest
 
 
@@ -50,7 +50,7 @@ class SPADE(PretrainedFeatureDetector):
         return self
 
     def score_images(self, images):
-        self._require_fitted()
+        self.require_fitted()
         pooled, pyramids = self._features(images, label="scoring")
         k = min(self.config.neighbours, len(self.global_bank))
         distances, neighbours = nearest(pooled, self.global_bank, k)
