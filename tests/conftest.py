@@ -60,3 +60,24 @@ def both_scanned(shared_data):
     scans, scan_findings = build.scan(records)
     groups = build.group_photos(records, scans)
     return records, findings + scan_findings, scans, groups
+
+
+@pytest.fixture(scope="session")
+def draw_impellers():
+    """In-memory synthetic impellers: draw(seed, size, train_good, test_good, defect_kinds) -> (train images,
+    test images with the good ones first, test masks); one defect image per entry of defect_kinds."""
+    import numpy as np
+
+    from impeller_bench import synth
+
+    def draw(seed, size, train_good, test_good, defect_kinds):
+        def one(key, k, defects=()):
+            return synth.impeller(np.random.default_rng([seed, key, k]), size, defects)
+
+        train = [one(0, k)[0] for k in range(train_good)]
+        bad = [one(2, k, (kind,)) for k, kind in enumerate(defect_kinds)]
+        test = [one(1, k)[0] for k in range(test_good)] + [b[0] for b in bad]
+        masks = np.concatenate([np.zeros((test_good, size, size), bool), np.stack([b[1] for b in bad])])
+        return train, test, masks
+
+    return draw

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from impeller_bench import detectors, synth
+from impeller_bench import detectors
 from impeller_bench.detectors.patchsvdd import BigPatchEncoder, PatchSVDD
 from impeller_bench.errors import ImpellerBenchError
 
@@ -15,16 +15,9 @@ SIZE = 192  # the least size the position task allows; 64 + 8 x 16 and 32 + 20 x
 OPTIONS = {"image_size": SIZE, "batch_size": 8, "stride_small": 8, "seed": 2}
 
 
-def draw(key, k, defects=()):
-    return synth.impeller(np.random.default_rng([11, key, k]), SIZE, defects)
-
-
 @pytest.fixture(scope="module")
-def impellers():
-    train = [draw(0, k)[0] for k in range(8)]
-    bad = [draw(2, k, ("chipping",)) for k in range(6)]
-    test = [draw(1, k)[0] for k in range(6)] + [b[0] for b in bad]
-    return train, test
+def impellers(draw_impellers):
+    return draw_impellers(11, SIZE, 8, 6, ["chipping"] * 6)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,6 @@ from __future__ import annotations
 from .base import Detector, available, create, detector_class, load, register
 
 # Importing a detector module registers it.
-from . import efficientad, padim, patchcore, patchsvdd, spade  # noqa: E402,F401
+from . import ast, efficientad, padim, patchcore, patchsvdd, spade  # noqa: E402,F401
 
 __all__ = ["Detector", "available", "create", "detector_class", "load", "register"]

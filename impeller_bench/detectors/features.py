@@ -1,4 +1,4 @@
-"""Shared machinery of the detectors built on a frozen pretrained backbone (PatchCore, PaDiM, SPADE).
+"""Shared machinery of the detectors built on a frozen pretrained backbone (PatchCore, PaDiM, SPADE, AST).
 
 The backbone's weights are not part of a saved detector: ``load`` rebuilds the
 backbone from the configuration (name and weights file, checksummed) and
@@ -40,12 +40,16 @@ class PretrainedFeatureDetector(Detector):
     def __init__(self, config, name, device=None):
         super().__init__(config, name, device)
         spec = backbone_spec(config.backbone)
-        self.layers = list(config.layers or getattr(spec, self.layer_role))
+        self.layers = list(config.layers or self.default_layers(spec))
         self.backbone = load_backbone(config.backbone, config.backbone_weights).to(self.device)
         unknown = set(self.layers) - set(self.backbone.map_names())
         if unknown:
             raise ImpellerBenchError(f"{config.backbone} has no layer(s) {sorted(unknown)}; "
                                      f"it has {', '.join(self.backbone.map_names())}")
+
+    def default_layers(self, spec) -> tuple[str, ...]:
+        """The backbone's layers this method takes unless told otherwise."""
+        return getattr(spec, self.layer_role)
 
     def _batches(self, images: Sequence[np.ndarray], label: str, progress: Callable | None):
         starts = range(0, len(images), BATCH)
