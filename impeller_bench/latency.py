@@ -52,7 +52,7 @@ def latency_plot(results: list[dict], path) -> None:
     medians = [r["median_ms"] for r in results]
     if max(medians) > 20 * min(medians):  # methods a hundredfold apart stay readable
         ax.set_yscale("log")
-    ax.legend(loc="lower center", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # outside: never over a bar
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
