@@ -1,11 +1,13 @@
-"""Patch SVDD: the hierarchical encoder, the pixel map, the interface contract.
+"""Patch SVDD: the hierarchical encoder, the pixel map, learning, detection, the interface contract.
 
-Not yet here: a detection test. In CPU-test time (tens of steps) the encoder barely learns (position
-loss 4.11 -> 4.07 in 40 steps at lr 1e-3) and the maps do not separate defects (pixel AUROC 0.54).
+Measured on this set (8 training images, 192 px, batches of 8, lr 1e-3): the two position losses fall
+from 4.11 (about 2 ln 8, chance) to 2.24 in 150 steps; pixel AUROC on chipped rims 0.687 (a 20-step
+encoder: 0.54). Patch SVDD learns slowly; the bar is modest but an untrained or broken encoder fails it.
 """
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from impeller_bench import detectors
 from impeller_bench.detectors.patchsvdd import BigPatchEncoder, PatchSVDD
@@ -22,7 +24,7 @@ def impellers(draw_impellers):
 
 @pytest.fixture(scope="module")
 def fitted(impellers):
-    detector = detectors.create("patchsvdd", steps=20, **OPTIONS).fit(impellers[0])
+    detector = detectors.create("patchsvdd", steps=150, lr=1e-3, **OPTIONS).fit(impellers[0])
     return detector, *detector.score_images(impellers[1])
 
 
@@ -41,16 +43,27 @@ def test_the_big_encoder_sees_its_quarters_through_the_small_one():
     torch.testing.assert_close(encoder(x), expected)
 
 
-def test_contract_shapes_determinism_save_load(fitted, impellers, tmp_path):
+def test_contract_shapes_save_load(fitted, impellers, tmp_path):
     detector, scores, maps = fitted
     assert scores.shape == (12,) and maps.shape == (12, SIZE, SIZE)
     assert np.isfinite(maps).all()
-    again = detectors.create("patchsvdd", steps=20, **OPTIONS).fit(impellers[0]).score_images(impellers[1])
-    np.testing.assert_array_equal(again[0], scores)
     detector.save(tmp_path / "svdd.pt")
     loaded = detectors.load(tmp_path / "svdd.pt").score_images(impellers[1])
     np.testing.assert_array_equal(loaded[0], scores)
     np.testing.assert_array_equal(loaded[1], maps)
+
+
+def test_same_seed_same_scores(impellers):
+    first = detectors.create("patchsvdd", steps=3, **OPTIONS).fit(impellers[0]).score_images(impellers[1][:2])
+    again = detectors.create("patchsvdd", steps=3, **OPTIONS).fit(impellers[0]).score_images(impellers[1][:2])
+    np.testing.assert_array_equal(first[1], again[1])
+
+
+def test_training_learns_the_position_task_and_maps_find_defects(fitted, impellers):
+    detector, _, maps = fitted
+    chance = detectors.create("patchsvdd", steps=1, **OPTIONS).fit(impellers[0][:2]).last_loss
+    assert chance > 3.8 and detector.last_loss < 3.0
+    assert roc_auc_score(impellers[2].ravel(), maps.ravel()) > 0.6
 
 
 def test_pixel_map_is_the_mean_over_covering_patches():
