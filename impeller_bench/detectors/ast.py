@@ -144,7 +144,7 @@ class AST(PretrainedFeatureDetector):
     def __init__(self, config, name, device=None):
         super().__init__(config, name, device)
         c = config
-        channels = self.patch_features([torch.zeros(64, 64, dtype=torch.uint8).numpy()]).shape[1]
+        channels = self.feature_channels()
         torch.manual_seed(c.seed)
         self.teacher = FlowTeacher(channels, c.positional_channels, c.teacher_hidden, c.coupling_blocks, c.clamp,
                                    c.seed).to(self.device)

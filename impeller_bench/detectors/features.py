@@ -62,6 +62,10 @@ class PretrainedFeatureDetector(Detector):
             return torch.cat([self.backbone.patch_features(x, self.layers, self.neighbourhood)
                               for x in self._batches(images, label, progress)])
 
+    def feature_channels(self) -> int:
+        """Channels of the method's features (one forward pass of a small blank image)."""
+        return self.patch_features([np.zeros((64, 64), np.uint8)]).shape[1]
+
     def finish_maps(self, low_resolution: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """N x h x w feature-grid scores -> N x H x W maps: bilinear upsampling, then Gaussian smoothing."""
         maps = F.interpolate(low_resolution[:, None].float(), size=size, mode="bilinear", align_corners=False)

@@ -41,7 +41,7 @@ class PaDiM(PretrainedFeatureDetector):
 
     def fit(self, images, progress=None):
         self._require_images(images, 2)
-        channels_available = self.patch_features(images[:1]).shape[1]
+        channels_available = self.feature_channels()
         generator = torch.Generator().manual_seed(self.config.seed)
         keep = min(self.config.channels, channels_available)
         self.kept_channels = torch.randperm(channels_available, generator=generator)[:keep].sort().values.to(self.device)
@@ -77,8 +77,7 @@ class PaDiM(PretrainedFeatureDetector):
         return maps.reshape(len(maps), -1).max(axis=1), maps
 
     def prepare_untrained(self):
-        features = self.patch_features([torch.zeros(64, 64, dtype=torch.uint8).numpy()])
-        keep = min(self.config.channels, features.shape[1])
+        keep = min(self.config.channels, self.feature_channels())
         positions = (self.config.image_size // 4) ** 2
         self.kept_channels = torch.arange(keep, device=self.device)
         self.mean = torch.zeros(positions, keep, device=self.device)

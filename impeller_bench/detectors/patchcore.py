@@ -73,7 +73,7 @@ class PatchCore(PretrainedFeatureDetector):
 
     def prepare_untrained(self):
         grid = self.config.image_size // 8
-        channels = self.patch_features([torch.zeros(64, 64, dtype=torch.uint8).numpy()]).shape[1]
+        channels = self.feature_channels()
         count = round(self.config.coreset_fraction * TRAINING_IMAGES_FOR_TIMING * grid * grid)
         self.bank = torch.randn(count, channels, generator=torch.Generator().manual_seed(0)).to(self.device)
         self.fitted = True
