@@ -286,5 +286,127 @@ def compare_command(pred_a, pred_b, dataset_dir, bootstrap_samples, seed, json_p
         atomic_write_bytes(json_path, (json.dumps(result, indent=1) + "\n").encode())
 
 
+@main.command("download")
+@click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to unpack the sources into.")
+@click.option("--source", "sources", multiple=True, help="Only this source (repeatable; default: all known sources).")
+@click.option("--archive", "archives", multiple=True, metavar="NAME=PATH_OR_URL",
+              help="Use this zip (a local file or a URL) for source NAME instead of its own locations; repeatable.")
+@click.option("--no-kaggle", is_flag=True, help="Do not use the kaggle package even when it is configured.")
+@click.option("--annotations", default="annotations", show_default=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with sources/<name>.sha256.")
+@click.option("--overwrite", is_flag=True, help="Replace sources already unpacked.")
+def download_command(to, sources, archives, no_kaggle, annotations, overwrite):
+    """Fetch the public sources, check every file's sha256, then unpack them into TO/<source>."""
+    from .download import download_source
+    from .sources.references import KNOWN_SOURCES
+
+    given = {}
+    for item in archives:
+        name, sep, location = item.partition("=")
+        if not sep or not location:
+            raise click.BadParameter(f"{item!r}: expected NAME=PATH_OR_URL", param_hint="--archive")
+        given[name] = location
+    unknown = sorted((set(sources) | set(given)) - set(KNOWN_SOURCES))
+    if unknown:
+        raise click.BadParameter(f"unknown source(s) {', '.join(unknown)} (known: {', '.join(KNOWN_SOURCES)})")
+    for name in sources or list(KNOWN_SOURCES):
+        receipt = download_source(name, to, annotations, given.get(name), not no_kaggle, overwrite, _progress,
+                                  say=lambda text: click.echo(text, err=True))
+        click.echo(f"{name}: {receipt['files']} files verified and unpacked into {receipt['folder']} (from {receipt['origin']})")
+    click.echo(f"next: impeller-bench build-split --supervisely {to}/casting-supervisely --kaggle {to}/casting-kaggle-300 "
+               f"--split annotations/impeller-v1.json --out data/impeller-v1")
+
+
+@main.group("leaderboard")
+def leaderboard_group():
+    """Validate submissions, package a run as one, and build the leaderboard's tables and plots."""
+
+
+_board_option = click.option("--board", default="leaderboard", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+                             help="The leaderboard folder (holds submissions/).")
+_annotations_option = click.option("--annotations", default="annotations", show_default=True,
+                                   type=click.Path(exists=True, file_okay=False, path_type=Path),
+                                   help="Folder of the published split files.")
+_data_option = click.option("--data", "data_root", default="data", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+                            help="Folder holding the built splits, one subfolder per split (data/impeller-v1).")
+
+
+@leaderboard_group.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@_board_option
+@_annotations_option
+@_data_option
+def leaderboard_validate_command(paths, board, annotations, data_root):
+    """Check submissions (default: all of the board): files, schema, split, and every number recomputed.
+
+    Exit code 0 only when every submission holds."""
+    from .submission import submission_folders, validate_submission
+
+    checks = []
+    for folder in submission_folders(paths, board):
+        checks.append(validate_submission(folder, data_root, annotations))
+        click.echo(checks[-1].text())
+    failed = sum(not c.ok for c in checks)
+    click.echo(f"{len(checks) - failed} of {len(checks)} submission(s) hold")
+    sys.exit(1 if failed else 0)
+
+
+@leaderboard_group.command("build")
+@_board_option
+@_annotations_option
+@_data_option
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when a committed file is missing or out of date.")
+def leaderboard_build_command(board, annotations, data_root, check):
+    """Regenerate README.md, results.csv and the plots of the board from its submissions.
+
+    overlays.png (maps over test images) needs the built split and is not committed."""
+    from .leaderboard import build_board, outdated
+
+    if check:
+        stale = outdated(board)
+        for name in stale:
+            click.echo(f"out of date: {board / name}")
+        click.echo("run: impeller-bench leaderboard build" if stale else f"{board}: up to date")
+        sys.exit(1 if stale else 0)
+    for path in build_board(board, annotations, data_root):
+        click.echo(f"wrote {path}")
+
+
+@leaderboard_group.command("submit")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The entry's name (its folder under submissions/).")
+@click.option("--command", "run_command_text", required=True, help="The command that made RUN_DIR, for the record.")
+@click.option("--author", "authors", multiple=True, required=True, help="Repeatable.")
+@click.option("--code", required=True, help="Link to the code that made the predictions.")
+@click.option("--hardware", required=True, help="Where it ran, e.g. '2-core x86-64 CPU, no GPU'.")
+@click.option("--latency", "latency_json", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Figures written by 'impeller-bench latency --json' (the entry's method is taken from it).")
+@click.option("--map-size", default=64, show_default=True, type=click.IntRange(8, 128), help="Maps are area-averaged down to this side.")
+@click.option("--bootstrap", "bootstrap_samples", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--notes", help="Free text shown with the entry.")
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The published split the run was made on (default: the one its meta.json names).")
+@_board_option
+@click.option("--overwrite", is_flag=True, help="Replace an entry of the same name.")
+def leaderboard_submit_command(run_dir, name, run_command_text, authors, code, hardware, latency_json, map_size,
+                               bootstrap_samples, notes, dataset_dir, board, overwrite):
+    """Package a run's predictions as a submission: compact maps, recomputed claims, submission.json."""
+    from .predictions import load_predictions
+    from .submission import latency_entry, package_submission
+
+    run = load_predictions(run_dir)
+    dataset = _dataset_for(run, dataset_dir)
+    latency = None
+    if latency_json:
+        latency = latency_entry(json.loads(latency_json.read_text()), run.meta.get("method"), hardware)
+    submission = package_submission(run_dir, board / "submissions" / name, dataset, authors=list(authors), code=code,
+                                    version=f"impeller-bench {__version__}", hardware=hardware, command=run_command_text,
+                                    latency=latency, map_size=map_size, bootstrap_samples=bootstrap_samples, notes=notes,
+                                    overwrite=overwrite, progress=_progress)
+    click.echo(f"wrote {board / 'submissions' / name}: image AUROC {100 * submission['metrics']['image_auroc']:.2f}, "
+               f"pixel PRO@30% {100 * submission['metrics']['pixel_pro_30']:.2f}")
+    click.echo("then: impeller-bench leaderboard validate && impeller-bench leaderboard build")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

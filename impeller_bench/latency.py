@@ -31,7 +31,9 @@ def measure_latency(method: str, device: str | None = None, runs: int = 50, warm
         "device": str(detector.device),
         "threads": torch.get_num_threads(),
         "image_size": image_size,
+        "batch_size": 1,
         "runs": runs,
+        "warmup": warmup,
         "median_ms": float(np.median(times)),
         "p90_ms": float(np.percentile(times, 90)),
     }

@@ -1,4 +1,9 @@
-"""Where the public sources come from: the references written into every split file."""
+"""Where the public sources come from: the references written into every split file.
+
+Each source's files, as published, are listed with their sha256 in
+``annotations/sources/<name>.sha256``; ``impeller-bench download`` checks
+them before unpacking anything.
+"""
 from __future__ import annotations
 
 KNOWN_SOURCES = {

@@ -1,0 +1,343 @@
+"""The leaderboard: tables, a CSV and plots generated from the submissions, and a staleness check.
+
+``build_board`` writes, into the board folder:
+
+- ``README.md``: per split, the image-level table (the paper's Table 1
+  layout) and the pixel-level table (Table 2), each entry with its 95%
+  bootstrap interval and rank, the paper's own figures beside them (marked:
+  their split and masks, not comparable number for number), the latency
+  table and how every entry was made;
+- ``results.csv``: one row per entry, every number;
+- ``latency_vs_pro.png``: one point per entry;
+- ``overlays.png``: maps over a few defective test images with their mask
+  outlines, drawn from the built split. It shows the sources' photos and
+  masks, which the repository never holds (licence CC BY-NC-ND), so it is
+  written for the reader's own checkout and CI's artefacts, not committed.
+
+The committed files are compared byte for byte (text) by ``outdated``; a
+PNG's pixels depend on the matplotlib build, so each PNG carries the sha256
+of the data it was drawn from (a PNG text chunk) and that is what is
+compared.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import rankdata
+
+from .errors import ImpellerBenchError
+from .evaluate import resize_map
+from .imageio import atomic_write_bytes, sha256_file
+from .predictions import MAPS_NAME, load_predictions
+from .submission import METRICS, PREDICTIONS_DIR, load_published_dataset, read_submission
+
+README_NAME = "README.md"
+CSV_NAME = "results.csv"
+LATENCY_PLOT = "latency_vs_pro.png"
+OVERLAY_PLOT = "overlays.png"
+FINGERPRINT_KEY = "impeller-bench-input-sha256"
+PLOT_FORMAT = 3  # bump when a plot's drawing changes, so that --check asks for a rebuild
+OVERLAY_IMAGES = 4
+OVERLAY_ENTRIES = 8
+
+IMAGE_COLUMNS = {"image_auroc": "AUROC", "image_auprc": "AUPRC", "image_precision": "Precision",
+                 "image_recall": "Recall", "image_f1_max": "F1-max"}
+PIXEL_COLUMNS = {"pixel_auroc": "AUROC", "pixel_pro_30": "PRO@30%", "pixel_f1_max": "F1-max"}
+IMAGE_RANKED_BY, PIXEL_RANKED_BY = "image_auroc", "pixel_pro_30"
+
+MODEL_NAMES = {"patchsvdd": "Patch SVDD", "spade": "SPADE", "padim": "PaDiM", "patchcore": "PatchCore",
+               "ast": "AST", "efficientad": "EfficientAD", "ours": "Ours"}
+# Lim, Suh and Hur (2025), Tables 1 and 2 (percent) and latency (ms, batch 1, 256x256, RTX A5000):
+# their own split and masks, shown for reference only.
+_PAPER_ROWS = {  # image AUROC, AUPRC, precision, recall, F1-max; pixel AUROC, PRO@30%, F1-max; latency ms
+    "patchsvdd": (89.00, 86.63, 77.12, 91, 83.49, 82.00, 51.00, 11.89, 675.64),
+    "spade": (97.19, 97.17, 89.72, 96, 92.75, 89.05, 74.90, 26.16, 153.5),
+    "padim": (97.92, 98.02, 96.74, 89, 92.71, 84.09, 73.95, 22.68, 77.22),
+    "patchcore": (99.40, 99.55, 95.19, 99, 97.06, 90.00, 63.67, 17.59, 45.79),
+    "ast": (100, 100, 100, 99, 99.50, 87.77, 57.67, 14.51, 66.71),
+    "efficientad": (99.59, 99.63, 96.08, 98, 97.03, 85.68, 73.86, 29.04, 4.17),
+    "ours": (99.81, 99.86, 100, 99, 99.50, 90.66, 75.83, 29.70, 4.03),
+}
+PAPER = {method: dict(zip((*METRICS, "latency_ms"), row)) for method, row in _PAPER_ROWS.items()}
+PAPER_HARDWARE = "RTX A5000 GPU"
+
+
+def model_name(method: str) -> str:
+    return MODEL_NAMES.get(method, method)
+
+
+def load_entries(board: str | Path) -> list[dict]:
+    """Every submission of the board, schema-checked (``leaderboard validate`` checks the numbers)."""
+    folder = Path(board) / "submissions"
+    if not folder.is_dir():
+        raise ImpellerBenchError("no submissions/ folder", board)
+    entries = []
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        data, problems = read_submission(path)
+        if problems:
+            raise ImpellerBenchError("; ".join(problems) + " (run: impeller-bench leaderboard validate)", path)
+        entries.append(data | {"_folder": path})
+    if not entries:
+        raise ImpellerBenchError("the board has no submissions", folder)
+    return entries
+
+
+def ranks(entries: list[dict], metric: str) -> list[int]:
+    """Competition ranks (1 = best; equal values share the better rank: 1, 2, 2, 4)."""
+    values = np.array([e["metrics"][metric] for e in entries])
+    return [int(r) for r in rankdata(-values, method="min")]
+
+
+def by_split(entries: list[dict]) -> dict[str, list[dict]]:
+    splits: dict[str, list[dict]] = {}
+    for entry in entries:
+        splits.setdefault(entry["dataset"]["split"], []).append(entry)
+    return dict(sorted(splits.items()))
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _with_interval(entry: dict, metric: str) -> str:
+    low, high = entry["ci95"][metric]
+    return f"{_percent(entry['metrics'][metric])} [{_percent(low)}, {_percent(high)}]"
+
+
+def _table(entries: list[dict], columns: dict[str, str], ranked_by: str) -> list[str]:
+    order = ranks(entries, ranked_by)
+    head = ["Rank", "Model", "Entry"] + list(columns.values())
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rank, entry in sorted(zip(order, entries), key=lambda pair: (pair[0], pair[1]["name"])):
+        cells = [str(rank), model_name(entry["method"]), f"`{entry['name']}`"] + [_with_interval(entry, m) for m in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    for method, figures in PAPER.items():
+        cells = ["-", f"*{model_name(method)} (paper)*", "*paper, their split*"] + [f"*{figures[m]:.2f}*" for m in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _latency_table(entries: list[dict]) -> list[str]:
+    lines = ["| Model | Entry | Median ms | p90 ms | Device | Threads | Hardware |", "|---|---|---|---|---|---|---|"]
+    timed = sorted((e for e in entries if e["latency"]), key=lambda e: (e["latency"]["median_ms"], e["name"]))
+    for entry in timed:
+        latency, protocol = entry["latency"], entry["latency"]["protocol"]
+        lines.append(f"| {model_name(entry['method'])} | `{entry['name']}` | {latency['median_ms']:.1f} | {latency['p90_ms']:.1f} "
+                     f"| {protocol.get('device', '?')} | {protocol.get('threads', '?')} | {latency.get('hardware', entry['hardware'])} |")
+    for method, figures in PAPER.items():
+        lines.append(f"| *{model_name(method)} (paper)* | *paper* | *{figures['latency_ms']:.2f}* | - | *cuda* | - | *{PAPER_HARDWARE}* |")
+    return lines
+
+
+def render_readme(entries: list[dict]) -> str:
+    lines = ["# Leaderboard", "",
+             "Generated by `impeller-bench leaderboard build` from `submissions/`; do not edit by hand",
+             "(`impeller-bench leaderboard build --check` fails when this file is out of date).",
+             "Every number of every entry is recomputed from its committed predictions by",
+             "`impeller-bench leaderboard validate`. Percent; 95% bootstrap intervals over the test images",
+             "in brackets; equal values share a rank. Rows in *italics* are the paper's own figures",
+             "(Lim, Suh and Hur 2025, Tables 1-2), measured on their split with their masks and a GPU: shown",
+             "for reference, not comparable number for number, and not ranked.", ""]
+    for split, group in by_split(entries).items():
+        sha = group[0]["dataset"]["manifest_sha256"]
+        lines += [f"## {split}", "", f"Split `annotations/{split}.json` (manifest sha256 `{sha[:16]}...`).", "",
+                  "### Image level (ranked by AUROC)", ""] + _table(group, IMAGE_COLUMNS, IMAGE_RANKED_BY)
+        lines += ["", "### Pixel level (ranked by PRO@30%)", ""] + _table(group, PIXEL_COLUMNS, PIXEL_RANKED_BY)
+        lines += ["", "### Latency (batch 1, 256x256, host to device and back)", ""] + _latency_table(group)
+    lines += ["", f"![Latency against pixel PRO]({LATENCY_PLOT})", "",
+              f"Anomaly maps on a few defective test images: `{OVERLAY_PLOT}`, written here by `impeller-bench",
+              "leaderboard build` from the built split (not committed: it shows the sources' photos and masks).", "",
+              "## Entries", "", "| Entry | Model | Backbone | Hardware | Command | Notes |", "|---|---|---|---|---|---|"]
+    for entry in sorted(entries, key=lambda e: e["name"]):
+        backbone = entry["backbone"]["name"] or "-"
+        notes = entry.get("notes", "").replace("|", "/").replace("\n", " ")
+        lines.append(f"| `{entry['name']}` | {model_name(entry['method'])} | {backbone} | {entry['hardware']} "
+                     f"| `{entry['command']}` | {notes} |")
+    lines += ["", "Submit an entry: see the project README, section *Leaderboard*.", ""]
+    return "\n".join(lines)
+
+
+def render_csv(entries: list[dict]) -> str:
+    columns = ["split", "name", "method", "rank_image", "rank_pixel"]
+    columns += [c for m in METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
+    columns += ["latency_median_ms", "latency_p90_ms", "latency_device", "hardware", "manifest_sha256"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for split, group in by_split(entries).items():
+        image_rank, pixel_rank = ranks(group, IMAGE_RANKED_BY), ranks(group, PIXEL_RANKED_BY)
+        for entry, r_image, r_pixel in sorted(zip(group, image_rank, pixel_rank), key=lambda t: t[0]["name"]):
+            latency = entry["latency"] or {}
+            row = [split, entry["name"], entry["method"], r_image, r_pixel]
+            row += [repr(v) for m in METRICS for v in (entry["metrics"][m], *entry["ci95"][m])]
+            row += [latency.get("median_ms", ""), latency.get("p90_ms", ""), (latency.get("protocol") or {}).get("device", ""),
+                    entry["hardware"], entry["dataset"]["manifest_sha256"]]
+            writer.writerow(row)
+    return buffer.getvalue()
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+def _fingerprint(kind: str, payload) -> str:
+    text = json.dumps({"plot": kind, "format": PLOT_FORMAT, "data": payload}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def latency_payload(entries: list[dict]) -> list:
+    return [[e["name"], e["method"], e["latency"]["median_ms"], e["metrics"]["pixel_pro_30"], e["ci95"]["pixel_pro_30"]]
+            for e in sorted(entries, key=lambda e: e["name"]) if e["latency"]]
+
+
+def overlay_choice(annotations: Path, split: str, count: int = OVERLAY_IMAGES) -> list[str]:
+    """Defective test images spread over defect sizes: the smallest, the largest and evenly between."""
+    manifest = json.loads((annotations / f"{split}.json").read_text())
+    defects = sorted((e for e in manifest["entries"] if e["split"] == "test" and e["label"] == "defect"),
+                     key=lambda e: (e["defect_area"], e["id"]))
+    if not defects:
+        return []
+    picks = np.unique(np.linspace(0, len(defects) - 1, count).round().astype(int))
+    return [defects[k]["id"] for k in picks]
+
+
+def _overlay_entries(group: list[dict]) -> list[dict]:
+    order = ranks(group, PIXEL_RANKED_BY)
+    return [e for _, e in sorted(zip(order, group), key=lambda t: (t[0], t[1]["name"]))][:OVERLAY_ENTRIES]
+
+
+def overlay_payload(entries: list[dict], annotations: Path) -> dict:
+    payload = {}
+    for split, group in by_split(entries).items():
+        ids = overlay_choice(annotations, split)
+        maps = {e["name"]: [_map_digest(e, i) for i in ids] for e in _overlay_entries(group)}
+        payload[split] = {"images": ids, "maps": maps, "manifest": group[0]["dataset"]["manifest_sha256"]}
+    return payload
+
+
+def _map_digest(entry: dict, image_id: str) -> str | None:
+    path = entry["_folder"] / PREDICTIONS_DIR / MAPS_NAME / f"{image_id}.npy"
+    return sha256_file(path) if path.is_file() else None
+
+
+def _save_png(figure, path: Path, fingerprint: str) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None, FINGERPRINT_KEY: fingerprint})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def png_fingerprint(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.text.get(FINGERPRINT_KEY)
+    except (OSError, ValueError):
+        return None
+
+
+def draw_latency_plot(entries: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    payload = latency_payload(entries)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    log_latency = np.log([row[2] for row in payload])
+    for k, (name, method, median_ms, pro, (low, high)) in enumerate(payload):
+        axes.errorbar([median_ms], [100 * pro], yerr=[[100 * (pro - low)], [100 * (high - pro)]], fmt="o", capsize=3)
+        # Of two points close in latency, the higher one is labelled above and the lower one below.
+        others = [j for j in range(len(payload)) if j != k]
+        nearest = min(others, key=lambda j: abs(log_latency[j] - log_latency[k])) if others else k
+        above = pro >= payload[nearest][3]
+        axes.annotate(f"{model_name(method)} ({name})", (median_ms, 100 * pro), textcoords="offset points",
+                      xytext=(6, 5 if above else -11), fontsize=7)
+    values = [row[2] for row in payload]
+    if values and max(values) / min(values) > 20:
+        axes.set_xscale("log")
+        axes.set_xlim(min(values) / 1.5, max(values) * 8)  # room for the rightmost label
+    axes.set_xlabel("latency per image, median (ms; batch 1, 256x256, each entry's own hardware)")
+    axes.set_ylabel("pixel PRO@30% (%), 95% interval")
+    axes.set_title("Latency against localisation (up and left is better)")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    _save_png(figure, path, _fingerprint("latency", payload))
+    plt.close(figure)
+
+
+def draw_overlays(entries: list[dict], annotations: Path, datasets: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    payload = overlay_payload(entries, annotations)
+    rows = []
+    for split, group in by_split(entries).items():
+        samples = {s.id: s for s in datasets[split].test}
+        shown = _overlay_entries(group)
+        for image_id in payload[split]["images"]:
+            rows.append((samples[image_id], shown))
+    columns = 1 + max(len(shown) for _, shown in rows)
+    figure, grid = plt.subplots(len(rows), columns, figsize=(1.7 * columns, 1.8 * len(rows)), squeeze=False)
+    for axes in grid.ravel():
+        axes.axis("off")
+    for r, (sample, shown) in enumerate(rows):
+        image, mask = sample.load_image(), sample.load_mask()
+        grid[r, 0].imshow(image, cmap="gray")
+        grid[r, 0].contour(mask, levels=[0.5], colors="lime", linewidths=0.7)
+        grid[r, 0].set_title(sample.id.split("/")[-1], fontsize=6)
+        for c, entry in enumerate(shown, start=1):
+            predictions = load_predictions(entry["_folder"] / PREDICTIONS_DIR)
+            heat = resize_map(predictions.load_map(sample.id), mask.shape)
+            low, high = np.percentile(heat, [1, 99.9])
+            grid[r, c].imshow(image, cmap="gray")
+            grid[r, c].imshow(np.clip((heat - low) / max(high - low, 1e-12), 0, 1), cmap="inferno", alpha=0.55)
+            grid[r, c].contour(mask, levels=[0.5], colors="lime", linewidths=0.7)
+            if r == 0:
+                grid[r, c].set_title(f"{model_name(entry['method'])}\n{entry['name']}", fontsize=6)
+    figure.suptitle("Anomaly maps, each scaled to its own range;\ntrue defects outlined in green", fontsize=8)
+    figure.tight_layout()
+    _save_png(figure, path, _fingerprint("overlays", payload))
+    plt.close(figure)
+
+
+# --- build and check --------------------------------------------------------------------------
+
+def expected_outputs(entries: list[dict]) -> dict[str, str]:
+    """What each committed file must hold: the text itself, or a PNG's input fingerprint."""
+    return {README_NAME: render_readme(entries), CSV_NAME: render_csv(entries),
+            LATENCY_PLOT: _fingerprint("latency", latency_payload(entries))}
+
+
+def outdated(board: str | Path) -> list[str]:
+    """The committed files that are missing or do not match the submissions (empty when up to date)."""
+    board = Path(board)
+    stale = []
+    for name, expected in expected_outputs(load_entries(board)).items():
+        path = board / name
+        if name.endswith(".png"):
+            current = png_fingerprint(path) if path.is_file() else None
+        else:
+            current = path.read_text() if path.is_file() else None
+        if current != expected:
+            stale.append(name)
+    return stale
+
+
+def build_board(board: str | Path, annotations: str | Path, data_root: str | Path) -> list[Path]:
+    """Regenerate every file of the board; the overlays need the built splits under ``data_root``."""
+    board, annotations, data_root = Path(board), Path(annotations), Path(data_root)
+    entries = load_entries(board)
+    # Every split is checked before anything is written: a missing one leaves the board as it was.
+    datasets = {split: load_published_dataset(data_root, annotations, split) for split in by_split(entries)}
+    expected = expected_outputs(entries)
+    atomic_write_bytes(board / README_NAME, expected[README_NAME].encode())
+    atomic_write_bytes(board / CSV_NAME, expected[CSV_NAME].encode())
+    draw_latency_plot(entries, board / LATENCY_PLOT)
+    draw_overlays(entries, annotations, datasets, board / OVERLAY_PLOT)
+    return [board / name for name in (*expected, OVERLAY_PLOT)]

@@ -1,0 +1,364 @@
+"""Leaderboard submissions: the folder format, packaging a run, and validation.
+
+A submission folder ``leaderboard/submissions/<name>/``::
+
+    submission.json             who, what, how (schema below), the claimed metrics and latency
+    predictions/scores.csv      the evaluator's predictions format (see predictions.py)
+    predictions/meta.json
+    predictions/maps/<id>.npy   float16 maps at a reduced resolution (the evaluator upsamples them)
+    README.md                   optional notes
+
+Validation trusts nothing in the folder: only plain files with safe names in
+that layout, within the size limits; the claimed split must be a published
+one (``annotations/<split>.json``, by sha256); every metric and every 95%
+interval is recomputed with the reference evaluator and must equal the claim
+to within ``TOLERANCE``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import load_dataset
+from .errors import ImpellerBenchError
+from .evaluate import evaluate
+from .imageio import atomic_write_bytes, sha256_file, staged_directory
+from .predictions import MAPS_NAME, META_NAME, SCORES_NAME, load_predictions, write_predictions
+
+SCHEMA_VERSION = 1
+SUBMISSION_FILE = "submission.json"
+PREDICTIONS_DIR = "predictions"
+NOTES_FILE = "README.md"
+TOLERANCE = 1e-6
+MAX_FILE_BYTES = 256 * 1024
+MAX_SUBMISSION_BYTES = 4 * 1024 * 1024
+DEFAULT_MAP_SIZE = 64
+METRICS = ("image_auroc", "image_auprc", "image_precision", "image_recall", "image_f1_max",
+           "pixel_auroc", "pixel_pro_30", "pixel_f1_max")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class Check:
+    """The verdict on one submission: ok only when ``problems`` is empty."""
+
+    folder: Path
+    problems: list[str] = field(default_factory=list)
+    recomputed: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        if self.ok:
+            return f"ok    {self.folder}"
+        return "\n".join([f"FAIL  {self.folder}"] + [f"      - {p}" for p in self.problems])
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def _expected_place(parts: tuple[str, ...]) -> bool:
+    if parts in ((SUBMISSION_FILE,), (NOTES_FILE,), (PREDICTIONS_DIR, SCORES_NAME), (PREDICTIONS_DIR, META_NAME)):
+        return True
+    return len(parts) >= 3 and parts[:2] == (PREDICTIONS_DIR, MAPS_NAME) and parts[-1].endswith(".npy")
+
+
+def scan_files(folder: Path) -> tuple[list[str], list[str]]:
+    """The submission's files (relative POSIX paths) and every problem with them.
+
+    Refused: links (to files or folders), anything but plain files and
+    folders, names with ``..``, a leading dot or characters outside
+    ``[A-Za-z0-9_.-]``, archives, files outside the layout, a file over
+    ``MAX_FILE_BYTES`` and a folder over ``MAX_SUBMISSION_BYTES``. Nothing is
+    followed or opened here, only ``lstat``.
+    """
+    problems: list[str] = []
+    files: list[str] = []
+    if folder.is_symlink():
+        return files, [f"{folder.name}: the submission folder is a symbolic link"]
+    if not folder.is_dir():
+        return files, ["not a folder"]
+    total = 0
+    pending = [(folder, ())]
+    while pending:
+        directory, prefix = pending.pop()
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            parts = prefix + (entry.name,)
+            shown = "/".join(parts)
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                problems.append(f"{shown}: symbolic links are not accepted")
+                continue
+            if ".." in entry.name or not SAFE_NAME.match(entry.name):
+                problems.append(f"{shown}: unsafe name (letters, digits, '_', '-', '.' only; no '..', no leading dot)")
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                pending.append((Path(entry.path), parts))
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                problems.append(f"{shown}: not a plain file")
+                continue
+            if entry.name.lower().endswith(ARCHIVE_SUFFIXES):
+                problems.append(f"{shown}: archives are not accepted (commit the files themselves)")
+                continue
+            if not _expected_place(parts):
+                problems.append(f"{shown}: unexpected file (allowed: {SUBMISSION_FILE}, {NOTES_FILE}, "
+                                f"{PREDICTIONS_DIR}/{SCORES_NAME}, {PREDICTIONS_DIR}/{META_NAME}, "
+                                f"{PREDICTIONS_DIR}/{MAPS_NAME}/<image id>.npy)")
+                continue
+            if info.st_size > MAX_FILE_BYTES:
+                problems.append(f"{shown}: {info.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,} per file")
+            total += info.st_size
+            files.append(shown)
+    if total > MAX_SUBMISSION_BYTES:
+        problems.append(f"{total:,} bytes in all, over the limit of {MAX_SUBMISSION_BYTES:,} per submission "
+                        f"(write smaller maps: leaderboard submit --map-size)")
+    if SUBMISSION_FILE not in files and not any(p.startswith(SUBMISSION_FILE) for p in problems):
+        problems.append(f"no {SUBMISSION_FILE}")
+    return sorted(files), problems
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _interval(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value) and value[0] <= value[1]
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+# field -> (check, what it must be)
+FIELDS = {
+    "schema_version": (lambda v: v == SCHEMA_VERSION, f"the number {SCHEMA_VERSION}"),
+    "name": (_text, "the folder's name"),
+    "method": (_text, "the detector's name, e.g. 'patchcore'"),
+    "version": (_text, "the code's version, e.g. 'impeller-bench 0.1.0 (commit abc1234)'"),
+    "authors": (lambda v: isinstance(v, list) and v and all(_text(a) for a in v), "a non-empty list of names"),
+    "code": (_text, "a link to the code that made the predictions"),
+    "backbone": (lambda v: isinstance(v, dict) and set(v) == {"name", "weights"}, "{'name': ..., 'weights': ...} (null values when none)"),
+    "config": (lambda v: isinstance(v, dict), "the detector's configuration (an object)"),
+    "command": (_text, "the command that made the predictions"),
+    "hardware": (_text, "where it ran, e.g. '2-core x86-64 CPU'"),
+    "dataset": (lambda v: isinstance(v, dict) and _text(v.get("split")) and isinstance(v.get("manifest_sha256"), str)
+                and bool(SHA256_HEX.match(v["manifest_sha256"])),
+                "{'split': 'impeller-v1', 'manifest_sha256': <64 hex digits>}"),
+    "metrics": (lambda v: isinstance(v, dict) and all(_number(v.get(m)) and 0 <= v[m] <= 1 for m in METRICS),
+                f"an object with {', '.join(METRICS)}, each a fraction in [0, 1]"),
+    "bootstrap": (lambda v: isinstance(v, dict) and isinstance(v.get("samples"), int) and v["samples"] >= 1
+                  and isinstance(v.get("seed"), int), "{'samples': n >= 1, 'seed': int}"),
+    "ci95": (lambda v: isinstance(v, dict) and all(_interval(v.get(m)) for m in METRICS),
+             "an object with [low, high] for every metric"),
+    "latency": (lambda v: v is None or (isinstance(v, dict) and _number(v.get("median_ms")) and _number(v.get("p90_ms"))
+                                         and v["median_ms"] > 0 and isinstance(v.get("protocol"), dict)),
+                "null, or {'median_ms': > 0, 'p90_ms': > 0, 'protocol': {...}}"),
+}
+
+
+def schema_problems(data) -> list[str]:
+    """Every field that is missing or malformed, each with what it should be."""
+    if not isinstance(data, dict):
+        return [f"{SUBMISSION_FILE} must hold a JSON object"]
+    problems = []
+    for name, (check, wanted) in FIELDS.items():
+        if name not in data:
+            problems.append(f"{SUBMISSION_FILE}: missing field '{name}' ({wanted})")
+        elif not check(data[name]):
+            problems.append(f"{SUBMISSION_FILE}: field '{name}' must be {wanted}; found {json.dumps(data[name])[:80]}")
+    if "notes" in data and not isinstance(data["notes"], str):
+        problems.append(f"{SUBMISSION_FILE}: field 'notes' must be text")
+    unknown = sorted(set(data) - set(FIELDS) - {"notes"})
+    if unknown:
+        problems.append(f"{SUBMISSION_FILE}: unknown field(s) {', '.join(unknown)}")
+    return problems
+
+
+def read_submission(folder: Path) -> tuple[dict | None, list[str]]:
+    path = folder / SUBMISSION_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return None, [f"{SUBMISSION_FILE}: cannot be read as JSON ({exc})"]
+    problems = schema_problems(data)
+    if not problems and data["name"] != folder.name:
+        problems.append(f"{SUBMISSION_FILE}: name {data['name']!r} differs from the folder's name {folder.name!r}")
+    return (data if not problems else None), problems
+
+
+# --- splits -----------------------------------------------------------------------------------
+
+def published_split_sha256(annotations: Path, split: str) -> str:
+    """sha256 of a published split file, which is also the manifest.json of the dataset built from it."""
+    if not SAFE_NAME.match(split) or ".." in split:
+        raise ImpellerBenchError(f"unsafe split name {split!r}")
+    path = annotations / f"{split}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in annotations.glob("*.json"))
+        raise ImpellerBenchError(f"unknown split {split!r} (published: {', '.join(known)})", annotations)
+    return sha256_file(path)
+
+
+def load_published_dataset(data_root: Path, annotations: Path, split: str):
+    """The dataset ``data_root/<split>``, checked to be the published split byte for byte (its manifest)."""
+    wanted = published_split_sha256(annotations, split)
+    folder = data_root / split
+    if not folder.is_dir():
+        raise ImpellerBenchError(f"split {split} is not built here; build it with: impeller-bench build-split "
+                                 f"--split {annotations / (split + '.json')} --out {folder} (plus the source folders)", folder)
+    dataset = load_dataset(folder)
+    if dataset.manifest_sha256 != wanted:
+        raise ImpellerBenchError(f"this is not the published {split}: manifest sha256 {str(dataset.manifest_sha256)[:12]}..., "
+                                 f"published {wanted[:12]}... (rebuild it with build-split --split)", folder)
+    return dataset
+
+
+# --- validation -------------------------------------------------------------------------------
+
+def compare_claims(claimed: dict, recomputed: dict, tolerance: float = TOLERANCE) -> list[str]:
+    """One line per claimed number that differs from the recomputed one by more than ``tolerance``."""
+    problems = []
+    for name in METRICS:
+        pairs = [("", claimed["metrics"][name], recomputed["metrics"][name])]
+        pairs += [(f" 95% interval {end}", claimed["ci95"][name][k], recomputed["ci95"][name][k])
+                  for k, end in enumerate(("low", "high"))]
+        for what, claim, actual in pairs:
+            if abs(claim - actual) > tolerance:
+                problems.append(f"{name}{what}: claimed {claim:.6f}, recomputed {actual:.6f} "
+                                f"(off by {abs(claim - actual):.1e}; tolerance {tolerance:.0e})")
+    return problems
+
+
+def validate_submission(folder: str | Path, data_root: str | Path, annotations: str | Path, progress=None) -> Check:
+    """Check one submission folder completely; the evaluator's numbers are recomputed, never read."""
+    folder, data_root, annotations = Path(folder), Path(data_root), Path(annotations)
+    check = Check(folder)
+    files, check.problems = scan_files(folder)
+    if check.problems:
+        return check
+    claimed, check.problems = read_submission(folder)
+    if check.problems:
+        return check
+    split, claimed_sha = claimed["dataset"]["split"], claimed["dataset"]["manifest_sha256"]
+    try:
+        published = published_split_sha256(annotations, split)
+    except ImpellerBenchError as exc:
+        check.problems.append(str(exc))
+        return check
+    if claimed_sha != published:
+        check.problems.append(f"wrong manifest hash: the submission claims {claimed_sha[:12]}... for {split}, "
+                              f"the published split's is {published[:12]}...")
+        return check
+    try:
+        predictions = load_predictions(folder / PREDICTIONS_DIR)
+        dataset = load_published_dataset(data_root, annotations, split)
+        recomputed = evaluate(dataset, predictions, claimed["bootstrap"]["samples"], claimed["bootstrap"]["seed"], progress)
+    except ImpellerBenchError as exc:
+        check.problems.append(str(exc))
+        return check
+    check.recomputed = recomputed
+    check.problems += compare_claims(claimed, recomputed)
+    return check
+
+
+def submission_folders(paths: list[str | Path], board: str | Path) -> list[Path]:
+    """The submission folders named by ``paths`` (a submission, or a folder of them); all of the board by default."""
+    paths = [Path(p) for p in paths] or [Path(board) / "submissions"]
+    folders = []
+    for path in paths:
+        if (path / SUBMISSION_FILE).exists() or path.is_symlink() or not path.is_dir():
+            folders.append(path)
+        else:
+            folders += sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    if not folders:
+        raise ImpellerBenchError("no submissions found", paths[0])
+    return folders
+
+
+# --- packaging --------------------------------------------------------------------------------
+
+def shrink_map(array: np.ndarray, size: int) -> np.ndarray:
+    """Area-average a map down to at most ``size`` pixels a side (never up)."""
+    h, w = array.shape
+    target = (min(size, h), min(size, w))
+    if target == (h, w):
+        return array.astype(np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    return torch.nn.functional.adaptive_avg_pool2d(tensor, target)[0, 0].numpy()
+
+
+def _portable(value):
+    """Machine-specific absolute paths reduced to their file names."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
+
+def package_submission(run_dir: str | Path, out: str | Path, dataset, *, authors: list[str], code: str, version: str,
+                       hardware: str, command: str, latency: dict | None = None, map_size: int = DEFAULT_MAP_SIZE,
+                       bootstrap_samples: int = 1000, seed: int = 0, notes: str | None = None, overwrite: bool = False,
+                       progress=None) -> dict:
+    """Turn a run's predictions folder into a submission: compact maps, recomputed claims, one atomic write."""
+    run = load_predictions(run_dir)
+    out = Path(out)
+    if not SAFE_NAME.match(out.name) or ".." in out.name:
+        raise ImpellerBenchError("unsafe submission name (letters, digits, '_', '-', '.')", out)
+    ids = [s.id for s in dataset.test]
+    maps = {i: shrink_map(run.load_map(i), map_size) for i in ids if i in run.map_ids()}
+    scores = {i: run.scores[i] for i in ids if i in run.scores}
+    meta = _portable({k: v for k, v in run.meta.items() if k != "dataset"})
+    meta["map_size"] = map_size
+    with staged_directory(out, overwrite=overwrite) as stage:
+        predictions_dir = write_predictions(stage / PREDICTIONS_DIR, scores, maps, meta)
+        result = evaluate(dataset, load_predictions(predictions_dir), bootstrap_samples, seed, progress)
+        backbone = {"name": run.meta.get("backbone"), "weights": _portable(run.meta.get("backbone_weights"))}
+        if backbone["name"] is None and run.meta.get("teacher"):
+            backbone = {"name": "PDN teacher", "weights": _portable(run.meta.get("teacher"))}
+        submission = {
+            "schema_version": SCHEMA_VERSION, "name": out.name, "method": run.meta.get("method") or "unknown",
+            "version": version, "authors": list(authors), "code": code, "backbone": backbone,
+            "config": _portable({"profile": run.meta.get("profile"), **(run.meta.get("config") or {})}),
+            "command": command, "hardware": hardware,
+            "dataset": {"split": dataset.name, "manifest_sha256": dataset.manifest_sha256},
+            "metrics": {m: result["metrics"][m] for m in METRICS},
+            "bootstrap": result["bootstrap"], "ci95": {m: result["ci95"][m] for m in METRICS},
+            "latency": latency,
+        }
+        if notes:
+            submission["notes"] = notes
+        problems = schema_problems(submission)
+        if problems:
+            raise ImpellerBenchError("; ".join(problems), run_dir)
+        atomic_write_bytes(stage / SUBMISSION_FILE, (json.dumps(submission, indent=1) + "\n").encode())
+        _, problems = scan_files(stage)
+        if problems:
+            raise ImpellerBenchError("the packaged submission breaks the rules: " + "; ".join(problems), run_dir)
+    return submission
+
+
+def latency_entry(figures: list[dict], method: str, hardware: str) -> dict:
+    """A submission's latency claim from ``impeller-bench latency --json`` output."""
+    for row in figures:
+        if row.get("method") == method:
+            protocol = {k: row.get(k) for k in ("device", "threads", "image_size", "batch_size", "runs", "warmup")}
+            protocol["timing"] = "host array to device and the map back, median of the runs after warm-up"
+            return {"median_ms": row["median_ms"], "p90_ms": row["p90_ms"], "protocol": protocol, "hardware": hardware}
+    raise ImpellerBenchError(f"no latency figures for {method}")

@@ -1,0 +1,293 @@
+"""Leaderboard: submissions are checked file by file and number by number; the board's files are current.
+
+The rule tests use a synthetic split registered as "published" in a
+temporary annotations folder (they run anywhere, in seconds); the committed
+board is validated against the real split built from ../shared/data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import ndimage as ndi
+
+from impeller_bench import leaderboard, submission
+from impeller_bench.cli import main
+from impeller_bench.data import load_dataset
+from impeller_bench.evaluate import evaluate
+from impeller_bench.predictions import load_predictions, write_predictions
+
+from conftest import KAGGLE, REPO, REQUIRE_DATA, SUPERVISELY, needs_shared_data
+
+BOARD = REPO / "leaderboard"
+ANNOTATIONS = REPO / "annotations"
+SEVEN_METHODS = {"ours", "efficientad", "patchcore", "padim", "spade", "patchsvdd", "ast"}
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def synthetic_registry(synthetic_dataset, tmp_path_factory):
+    """(data root, annotations folder, a submission folder) for the synthetic split, made with the CLI."""
+    root = tmp_path_factory.mktemp("registry")
+    dataset = load_dataset(synthetic_dataset)
+    data_root, annotations = root / "data", root / "annotations"
+    shutil.copytree(synthetic_dataset, data_root / dataset.name)
+    annotations.mkdir()
+    shutil.copy(synthetic_dataset / "manifest.json", annotations / f"{dataset.name}.json")
+    # A cheap, deterministic detector: distance from the median training image, smoothed.
+    median = np.median([s.load_image().astype(np.float32) for s in dataset.train], axis=0)
+    maps, scores = {}, {}
+    for sample in dataset.test:
+        difference = ndi.gaussian_filter(np.abs(sample.load_image().astype(np.float32) - median), 2)
+        maps[sample.id], scores[sample.id] = difference, float(difference.max())
+    run_dir = write_predictions(root / "run", scores, maps, {"method": "median-difference", "dataset": str(data_root / dataset.name)})
+    result = run("leaderboard", "submit", run_dir, "--name", "median-diff", "--command", "a test fixture",
+                 "--author", "tests", "--code", "tests/test_leaderboard.py", "--hardware", "CI", "--map-size", 32,
+                 "--bootstrap", 20, "--board", root / "board")
+    assert result.exit_code == 0, result.output
+    return data_root, annotations, root / "board" / "submissions" / "median-diff"
+
+
+@pytest.fixture
+def entry(synthetic_registry, tmp_path):
+    """A fresh copy of the synthetic submission, and a validate function for it."""
+    data_root, annotations, original = synthetic_registry
+    folder = tmp_path / "board" / "submissions" / original.name
+    shutil.copytree(original, folder)
+    return folder, lambda: submission.validate_submission(folder, data_root, annotations)
+
+
+def edit_claims(folder: Path, change) -> None:
+    path = folder / submission.SUBMISSION_FILE
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def only_problem(check, *needles):
+    assert not check.ok
+    text = "\n".join(check.problems)
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+def test_a_valid_submission_passes(entry, synthetic_registry):
+    folder, validate = entry
+    check = validate()
+    assert check.ok, check.problems
+    # The claims are the evaluator's own numbers on the committed (shrunk) maps.
+    data = json.loads((folder / submission.SUBMISSION_FILE).read_text())
+    dataset = load_dataset(synthetic_registry[0] / "synthetic-impellers")
+    again = evaluate(dataset, load_predictions(folder / "predictions"), 20, 0)
+    assert data["metrics"] == {m: again["metrics"][m] for m in submission.METRICS}
+    assert max(np.load(p).shape[0] for p in (folder / "predictions" / "maps").rglob("*.npy")) == 32
+
+
+def test_a_claim_off_by_1e_3_fails(entry):
+    folder, validate = entry
+    edit_claims(folder, lambda d: d["metrics"].update(image_auroc=d["metrics"]["image_auroc"] - 1e-3))
+    text = only_problem(validate(), "image_auroc: claimed", "recomputed", "off by 1.0e-03")
+    assert "pixel_auroc" not in text
+
+
+def test_an_interval_off_fails(entry):
+    folder, validate = entry
+    edit_claims(folder, lambda d: d["ci95"]["pixel_pro_30"].__setitem__(1, d["ci95"]["pixel_pro_30"][1] + 1e-5))
+    only_problem(validate(), "pixel_pro_30 95% interval high")
+
+
+def test_a_missing_map_fails(entry):
+    folder, validate = entry
+    victim = sorted((folder / "predictions" / "maps" / "test" / "defect").glob("*.npy"))[0]
+    victim.unlink()
+    only_problem(validate(), "without a map", f"test/defect/{victim.stem}")
+
+
+def test_a_name_with_dotdot_fails(entry):
+    folder, validate = entry
+    (folder / "predictions" / "maps" / "test" / "good" / "x..npy").write_bytes(b"")
+    only_problem(validate(), "x..npy: unsafe name")
+
+
+def test_a_symbolic_link_fails(entry, tmp_path):
+    folder, validate = entry
+    outside = tmp_path / "secret.npy"
+    np.save(outside, np.zeros((4, 4), np.float16))
+    maps = folder / "predictions" / "maps" / "test" / "good"
+    victim = sorted(maps.glob("*.npy"))[0]
+    victim.unlink()
+    os.symlink(outside, victim)
+    only_problem(validate(), f"{victim.name}: symbolic links are not accepted")
+
+
+def test_a_linked_submission_folder_fails(entry, tmp_path):
+    folder, _ = entry
+    link = tmp_path / "linked"
+    os.symlink(folder, link)
+    only_problem(submission.validate_submission(link, tmp_path, tmp_path), "is a symbolic link")
+
+
+def test_an_oversized_file_fails(entry):
+    folder, validate = entry
+    victim = sorted((folder / "predictions" / "maps" / "test" / "good").glob("*.npy"))[0]
+    np.save(victim, np.zeros((300, 300), np.float32))  # 360 kB
+    only_problem(validate(), f"{victim.name}: 360,128 bytes, over the limit of 262,144 per file")
+
+
+def test_too_many_bytes_in_all_fail(entry, monkeypatch):
+    folder, validate = entry
+    monkeypatch.setattr(submission, "MAX_SUBMISSION_BYTES", 10_000)
+    only_problem(validate(), "over the limit of 10,000 per submission")
+
+
+def test_a_wrong_manifest_hash_fails(entry):
+    folder, validate = entry
+    edit_claims(folder, lambda d: d["dataset"].update(manifest_sha256="0" * 64))
+    only_problem(validate(), "wrong manifest hash", "000000000000...")
+
+
+def test_archives_and_unexpected_files_fail(entry):
+    folder, validate = entry
+    (folder / "extra.zip").write_bytes(b"PK")
+    (folder / "predictions" / "notes.txt").write_text("hi")
+    only_problem(validate(), "extra.zip: archives are not accepted", "predictions/notes.txt: unexpected file")
+
+
+def test_schema_errors_say_what_is_expected(entry):
+    folder, validate = entry
+    edit_claims(folder, lambda d: (d.pop("hardware"), d["metrics"].pop("pixel_f1_max"), d.update(colour="red")))
+    only_problem(validate(), "missing field 'hardware'", "field 'metrics' must be", "pixel_f1_max", "unknown field(s) colour")
+
+
+def test_an_unknown_split_fails(entry):
+    folder, validate = entry
+    edit_claims(folder, lambda d: d["dataset"].update(split="impeller-v9"))
+    only_problem(validate(), "unknown split 'impeller-v9'", "published: synthetic-impellers")
+
+
+def test_validate_command_exit_codes(entry, synthetic_registry):
+    folder, _ = entry
+    data_root, annotations, _ = synthetic_registry
+    options = ["--annotations", annotations, "--data", data_root]
+    good = run("leaderboard", "validate", folder.parent, *options)
+    assert good.exit_code == 0 and "1 of 1 submission(s) hold" in good.output, good.output
+    (folder / "predictions" / "scores.csv").write_text("image,score\n")
+    bad = run("leaderboard", "validate", folder, *options)
+    assert bad.exit_code == 1 and "FAIL" in bad.output and "without a score" in bad.output
+
+
+def test_shrink_map_is_an_area_average():
+    rng = np.random.default_rng(0)
+    array = rng.random((64, 48)).astype(np.float32)
+    shrunk = submission.shrink_map(array, 16)
+    assert shrunk.shape == (16, 16)
+    brute = np.array([[array[4 * i:4 * i + 4, 3 * j:3 * j + 3].mean() for j in range(16)] for i in range(16)])
+    np.testing.assert_allclose(shrunk, brute, rtol=1e-5)
+    assert submission.shrink_map(array[:10, :10], 16).shape == (10, 10)  # never enlarged
+
+
+def test_ranks_share_ties():
+    entries = [{"metrics": {"image_auroc": v}} for v in (0.9, 0.8, 0.9, 0.7)]
+    assert leaderboard.ranks(entries, "image_auroc") == [1, 3, 1, 4]
+
+
+def test_build_and_check(entry, synthetic_registry, tmp_path):
+    folder, _ = entry
+    data_root, annotations, _ = synthetic_registry
+    board = folder.parent.parent
+    second = folder.parent / "median-diff-copy"
+    shutil.copytree(folder, second)
+    edit_claims(second, lambda d: d.update(name="median-diff-copy", latency={
+        "median_ms": 3.0, "p90_ms": 4.0, "hardware": "CI", "protocol": {"device": "cpu", "threads": 2}}))
+    assert set(leaderboard.outdated(board)) == {"README.md", "results.csv", "latency_vs_pro.png"}
+    result = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
+    assert result.exit_code == 0, result.output
+    assert run("leaderboard", "build", "--check", "--board", board).exit_code == 0
+    readme = (board / "README.md").read_text()
+    assert "`median-diff`" in readme and "`median-diff-copy`" in readme and "*PatchCore (paper)*" in readme
+    assert "| 1 | median-difference | `median-diff` |" in readme and "| 1 | median-difference | `median-diff-copy` |" in readme
+    rows = (board / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("split,name,method,rank_image,rank_pixel")
+    for png in ("latency_vs_pro.png", "overlays.png"):
+        assert leaderboard.png_fingerprint(board / png) is not None
+    # A changed claim makes the tables and the latency plot stale.
+    edit_claims(second, lambda d: d["latency"].update(median_ms=5.0))
+    assert set(leaderboard.outdated(board)) == {"README.md", "results.csv", "latency_vs_pro.png"}
+    stale = run("leaderboard", "build", "--check", "--board", board)
+    assert stale.exit_code == 1 and "out of date: " in stale.output
+    # A build without the split built names what to do and leaves the committed files as they were.
+    before = (board / "README.md").read_bytes()
+    missing = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", tmp_path / "nothing")
+    assert missing.exit_code == 2 and "is not built here" in missing.output
+    assert (board / "README.md").read_bytes() == before
+
+
+def test_overlays_show_images_spread_over_defect_sizes(synthetic_registry):
+    _, annotations, _ = synthetic_registry
+    manifest = json.loads((annotations / "synthetic-impellers.json").read_text())
+    area = {e["id"]: e["defect_area"] for e in manifest["entries"] if e["label"] == "defect" and e["split"] == "test"}
+    shown = leaderboard.overlay_choice(annotations, "synthetic-impellers")
+    assert len(shown) == 4 and [area[i] for i in shown] == sorted(area[i] for i in shown)
+    assert area[shown[0]] == min(area.values()) and area[shown[-1]] == max(area.values())
+
+
+def test_paper_figures_are_the_papers_tables():
+    paper = (REPO.parent / "shared" / "PAPER.md")
+    if not paper.is_file():
+        if REQUIRE_DATA:
+            pytest.fail(f"IMPELLER_BENCH_REQUIRE_DATA=1 but {paper} is missing")
+        pytest.skip(f"{paper} not beside the repository")
+    text = paper.read_text()
+    for method, figures in leaderboard.PAPER.items():
+        name = leaderboard.model_name(method)
+        image = next(line for line in text.splitlines() if line.startswith(f"| {name} |") and line.count("|") == 7)
+        pixel = next(line for line in text.splitlines() if line.startswith(f"| {name} |") and line.count("|") == 5)
+        values = [float(v) for v in image.split("|")[2:7]] + [float(v) for v in pixel.split("|")[2:5]]
+        assert values == [figures[m] for m in submission.METRICS]
+        section = " ".join(text[text.index("Latency, batch 1"):].split())
+        latency = re.search(rf"\b{name} ([0-9.]+)[,.]", section, re.I)
+        assert float(latency.group(1)) == figures["latency_ms"], name
+
+
+# --- the committed board, against the real split ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def published_data_root(shared_data, tmp_path_factory):
+    from impeller_bench.build import build_split
+
+    root = tmp_path_factory.mktemp("published")
+    build_split(root / "impeller-v1", supervisely=[SUPERVISELY], kaggle=[KAGGLE], split_file=ANNOTATIONS / "impeller-v1.json")
+    return root
+
+
+def test_committed_board_is_up_to_date():
+    stale = leaderboard.outdated(BOARD)
+    assert stale == [], f"run: impeller-bench leaderboard build (stale: {stale})"
+    result = run("leaderboard", "build", "--check", "--board", BOARD, "--annotations", ANNOTATIONS)
+    assert result.exit_code == 0, result.output
+
+
+def test_committed_entries_cover_every_method_and_fit_the_limits():
+    entries = leaderboard.load_entries(BOARD)
+    assert SEVEN_METHODS <= {e["method"] for e in entries}
+    for entry in entries:
+        files, problems = submission.scan_files(entry["_folder"])
+        assert not problems and len(files) == 203, (entry["name"], problems)
+        assert entry["command"].startswith("impeller-bench run ")
+
+
+@needs_shared_data
+def test_committed_board_validates(published_data_root):
+    result = run("leaderboard", "validate", "--board", BOARD, "--annotations", ANNOTATIONS, "--data", published_data_root)
+    assert result.exit_code == 0, result.output
+    assert f"{len(leaderboard.load_entries(BOARD))} of {len(leaderboard.load_entries(BOARD))} submission(s) hold" in result.output

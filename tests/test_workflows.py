@@ -1,0 +1,102 @@
+"""The GitHub workflows parse, run the README's test command, and call only commands and options that exist."""
+from __future__ import annotations
+
+import re
+import shlex
+
+import click
+import pytest
+import yaml
+
+from impeller_bench.cli import main
+
+from conftest import REPO
+
+WORKFLOWS = REPO / ".github" / "workflows"
+
+
+def readme_commands() -> tuple[str, str]:
+    """The README's two commands: (install and run the main job, install and run the tests)."""
+    blocks = re.findall(r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(), re.S)
+    return blocks[0].strip(), blocks[1].strip()
+
+
+def load(name: str) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads a bare `on` as true
+    return data
+
+
+def run_lines(workflow: dict) -> list[str]:
+    return [step["run"].strip() for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+
+
+def resolve(args: list[str]) -> tuple[click.Command, list[str]]:
+    """The (sub)command an argument list reaches, and the arguments left for it."""
+    command, rest = main, list(args)
+    while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
+        name = rest.pop(0)
+        assert name in command.commands, f"impeller-bench has no command {name!r} here"
+        command = command.commands[name]
+    return command, rest
+
+
+def check_invocation(line: str) -> None:
+    args = shlex.split(line)[1:]
+    command, rest = resolve(args)
+    assert not isinstance(command, click.Group), f"{line!r} names a group, not a command"
+    known = {o for p in command.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+    for token in rest:
+        if token.startswith("--"):
+            assert token.split("=")[0] in known, f"{line!r}: {command.name} has no option {token}"
+    # Parsing must also succeed (types aside: the paths exist only on the runner).
+    command.make_context(command.name, rest, resilient_parsing=True)
+
+
+def test_every_workflow_parses_and_runs_on_ubuntu():
+    names = sorted(p.name for p in WORKFLOWS.glob("*.yml"))
+    assert names == ["leaderboard.yml", "tests.yml"]
+    for name in names:
+        workflow = load(name)
+        assert workflow["jobs"] and all(job["runs-on"].startswith("ubuntu") for job in workflow["jobs"].values())
+
+
+def test_tests_workflow_runs_the_readme_test_command_like_ci():
+    workflow = load("tests.yml")
+    assert set(workflow["on"]) == {"push", "pull_request"}
+    _, test_command = readme_commands()
+    assert run_lines(workflow) == [test_command]
+    assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_leaderboard_workflow_calls_real_commands_in_order():
+    workflow = load("leaderboard.yml")
+    assert "leaderboard/**" in workflow["on"]["pull_request"]["paths"]
+    calls = [line for line in run_lines(workflow) if line.startswith("impeller-bench ")]
+    assert [resolve(shlex.split(c)[1:])[0].name for c in calls] == ["download", "build-split", "validate", "build", "build"]
+    for line in calls:
+        check_invocation(line)
+    assert "--check" in calls[3] and "--check" not in calls[4]
+    env = next(iter(workflow["jobs"].values()))["env"]
+    assert env["KAGGLE_KEY"] == "${{ secrets.KAGGLE_KEY }}"
+
+
+@pytest.mark.parametrize("line", ["impeller-bench nonsense", "impeller-bench leaderboard build --chekc"])
+def test_the_check_catches_mistakes(line):
+    with pytest.raises(AssertionError):
+        check_invocation(line)
+
+
+def test_every_readme_command_exists():
+    """Each `impeller-bench ...` line of the README's bash blocks names a real command and real options."""
+    text = (REPO / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)\n```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                words = shlex.split(part, comments=True)
+                if words and words[0] == "impeller-bench":
+                    lines.append(shlex.join(words))
+    assert len(lines) >= 10
+    for line in lines:
+        check_invocation(line)
