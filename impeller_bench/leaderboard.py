@@ -32,8 +32,8 @@ from scipy.stats import rankdata
 
 from .errors import ImpellerBenchError
 from .evaluate import resize_map
-from .imageio import atomic_write_bytes, sha256_file
-from .predictions import MAPS_NAME, load_predictions
+from .imageio import atomic_write_bytes
+from .predictions import load_predictions
 from .submission import METRICS, PREDICTIONS_DIR, load_published_dataset, read_submission
 
 README_NAME = "README.md"
@@ -209,20 +209,6 @@ def _overlay_entries(group: list[dict]) -> list[dict]:
     return [e for _, e in sorted(zip(order, group), key=lambda t: (t[0], t[1]["name"]))][:OVERLAY_ENTRIES]
 
 
-def overlay_payload(entries: list[dict], annotations: Path) -> dict:
-    payload = {}
-    for split, group in by_split(entries).items():
-        ids = overlay_choice(annotations, split)
-        maps = {e["name"]: [_map_digest(e, i) for i in ids] for e in _overlay_entries(group)}
-        payload[split] = {"images": ids, "maps": maps, "manifest": group[0]["dataset"]["manifest_sha256"]}
-    return payload
-
-
-def _map_digest(entry: dict, image_id: str) -> str | None:
-    path = entry["_folder"] / PREDICTIONS_DIR / MAPS_NAME / f"{image_id}.npy"
-    return sha256_file(path) if path.is_file() else None
-
-
 def _save_png(figure, path: Path, fingerprint: str) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None, FINGERPRINT_KEY: fingerprint})
@@ -275,13 +261,12 @@ def draw_overlays(entries: list[dict], annotations: Path, datasets: dict, path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    payload = overlay_payload(entries, annotations)
-    rows = []
+    rows, payload = [], {}
     for split, group in by_split(entries).items():
         samples = {s.id: s for s in datasets[split].test}
         shown = _overlay_entries(group)
-        for image_id in payload[split]["images"]:
-            rows.append((samples[image_id], shown))
+        payload[split] = {"images": overlay_choice(annotations, split), "entries": [e["name"] for e in shown]}
+        rows += [(samples[image_id], shown) for image_id in payload[split]["images"]]
     columns = 1 + max(len(shown) for _, shown in rows)
     figure, grid = plt.subplots(len(rows), columns, figsize=(1.7 * columns, 1.8 * len(rows)), squeeze=False)
     for axes in grid.ravel():

@@ -321,8 +321,8 @@ def package_submission(run_dir: str | Path, out: str | Path, dataset, *, authors
     out = Path(out)
     if not SAFE_NAME.match(out.name) or ".." in out.name:
         raise ImpellerBenchError("unsafe submission name (letters, digits, '_', '-', '.')", out)
-    ids = [s.id for s in dataset.test]
-    maps = {i: shrink_map(run.load_map(i), map_size) for i in ids if i in run.map_ids()}
+    ids, have_maps = [s.id for s in dataset.test], run.map_ids()
+    maps = {i: shrink_map(run.load_map(i), map_size) for i in ids if i in have_maps}
     scores = {i: run.scores[i] for i in ids if i in run.scores}
     meta = _portable({k: v for k, v in run.meta.items() if k != "dataset"})
     meta["map_size"] = map_size
