@@ -399,7 +399,7 @@ def leaderboard_submit_command(run_dir, name, run_command_text, authors, code, h
     latency = None
     if latency_json:
         latency = latency_entry(json.loads(latency_json.read_text()), run.meta.get("method"), hardware)
-    submission = package_submission(run_dir, board / "submissions" / name, dataset, authors=list(authors), code=code,
+    submission = package_submission(run, board / "submissions" / name, dataset, authors=list(authors), code=code,
                                     version=f"impeller-bench {__version__}", hardware=hardware, command=run_command_text,
                                     latency=latency, map_size=map_size, bootstrap_samples=bootstrap_samples, notes=notes,
                                     overwrite=overwrite, progress=_progress)

@@ -61,6 +61,17 @@ def archive_prefix(members: list[str], wanted: list[str], archive: Path) -> str:
     return max(sorted(candidates), key=lambda prefix: sum(prefix + name in present for name in wanted))
 
 
+def member_sha256(handle: zipfile.ZipFile, name: str, copy_to=None) -> str:
+    """sha256 of one archive member, read once in blocks (and written to ``copy_to`` on the way)."""
+    digest = hashlib.sha256()
+    with handle.open(name) as member:
+        for block in iter(lambda: member.read(1 << 20), b""):
+            digest.update(block)
+            if copy_to is not None:
+                copy_to.write(block)
+    return digest.hexdigest()
+
+
 def verify_archive(archive: str | Path, checksums: dict[str, str], progress=None) -> str:
     """Check every listed file's presence and sha256 inside a zip archive; return its folder prefix."""
     archive, progress = Path(archive), progress or no_progress
@@ -74,11 +85,7 @@ def verify_archive(archive: str | Path, checksums: dict[str, str], progress=None
                 if prefix + name not in present:
                     missing.append(name)
                     continue
-                digest = hashlib.sha256()
-                with handle.open(prefix + name) as member:
-                    for block in iter(lambda: member.read(1 << 20), b""):
-                        digest.update(block)
-                if digest.hexdigest() != checksums[name]:
+                if member_sha256(handle, prefix + name) != checksums[name]:
                     different.append(name)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ImpellerBenchError(f"not a readable zip archive ({exc})", archive) from exc
@@ -101,10 +108,9 @@ def unpack_verified(archive: str | Path, checksums: dict[str, str], out: str | P
         for name in progress(sorted(checksums), "unpacking"):
             target = stage / PurePosixPath(name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with handle.open(prefix + name) as member, open(target, "wb") as written:
-                shutil.copyfileobj(member, written)
-            if sha256_file(target) != checksums[name]:  # the archive changed under us
-                raise ImpellerBenchError(f"{name} changed while unpacking", archive)
+            with open(target, "wb") as written:
+                if member_sha256(handle, prefix + name, written) != checksums[name]:  # the archive changed under us
+                    raise ImpellerBenchError(f"{name} changed while unpacking", archive)
     return Path(out)
 
 

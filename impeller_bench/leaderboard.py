@@ -87,6 +87,11 @@ def load_entries(board: str | Path) -> list[dict]:
     return entries
 
 
+def ranked(entries: list[dict], metric: str) -> list[tuple[int, dict]]:
+    """(rank, entry) pairs, best first; entries of equal rank by name."""
+    return sorted(zip(ranks(entries, metric), entries), key=lambda pair: (pair[0], pair[1]["name"]))
+
+
 def ranks(entries: list[dict], metric: str) -> list[int]:
     """Competition ranks (1 = best; equal values share the better rank: 1, 2, 2, 4)."""
     values = np.array([e["metrics"][metric] for e in entries])
@@ -110,10 +115,9 @@ def _with_interval(entry: dict, metric: str) -> str:
 
 
 def _table(entries: list[dict], columns: dict[str, str], ranked_by: str) -> list[str]:
-    order = ranks(entries, ranked_by)
     head = ["Rank", "Model", "Entry"] + list(columns.values())
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for rank, entry in sorted(zip(order, entries), key=lambda pair: (pair[0], pair[1]["name"])):
+    for rank, entry in ranked(entries, ranked_by):
         cells = [str(rank), model_name(entry["method"]), f"`{entry['name']}`"] + [_with_interval(entry, m) for m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     for method, figures in PAPER.items():
@@ -205,8 +209,7 @@ def overlay_choice(annotations: Path, split: str, count: int = OVERLAY_IMAGES) -
 
 
 def _overlay_entries(group: list[dict]) -> list[dict]:
-    order = ranks(group, PIXEL_RANKED_BY)
-    return [e for _, e in sorted(zip(order, group), key=lambda t: (t[0], t[1]["name"]))][:OVERLAY_ENTRIES]
+    return [entry for _, entry in ranked(group, PIXEL_RANKED_BY)][:OVERLAY_ENTRIES]
 
 
 def _save_png(figure, path: Path, fingerprint: str) -> None:

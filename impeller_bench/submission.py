@@ -31,7 +31,7 @@ from .data import load_dataset
 from .errors import ImpellerBenchError
 from .evaluate import evaluate
 from .imageio import atomic_write_bytes, sha256_file, staged_directory
-from .predictions import MAPS_NAME, META_NAME, SCORES_NAME, load_predictions, write_predictions
+from .predictions import MAPS_NAME, META_NAME, SCORES_NAME, Predictions, load_predictions, write_predictions
 
 SCHEMA_VERSION = 1
 SUBMISSION_FILE = "submission.json"
@@ -312,12 +312,11 @@ def _portable(value):
     return value
 
 
-def package_submission(run_dir: str | Path, out: str | Path, dataset, *, authors: list[str], code: str, version: str,
+def package_submission(run: Predictions, out: str | Path, dataset, *, authors: list[str], code: str, version: str,
                        hardware: str, command: str, latency: dict | None = None, map_size: int = DEFAULT_MAP_SIZE,
                        bootstrap_samples: int = 1000, seed: int = 0, notes: str | None = None, overwrite: bool = False,
                        progress=None) -> dict:
-    """Turn a run's predictions folder into a submission: compact maps, recomputed claims, one atomic write."""
-    run = load_predictions(run_dir)
+    """Turn a run's predictions into a submission: compact maps, recomputed claims, one atomic write."""
     out = Path(out)
     if not SAFE_NAME.match(out.name) or ".." in out.name:
         raise ImpellerBenchError("unsafe submission name (letters, digits, '_', '-', '.')", out)
@@ -346,11 +345,11 @@ def package_submission(run_dir: str | Path, out: str | Path, dataset, *, authors
             submission["notes"] = notes
         problems = schema_problems(submission)
         if problems:
-            raise ImpellerBenchError("; ".join(problems), run_dir)
+            raise ImpellerBenchError("; ".join(problems), run.root)
         atomic_write_bytes(stage / SUBMISSION_FILE, (json.dumps(submission, indent=1) + "\n").encode())
         _, problems = scan_files(stage)
         if problems:
-            raise ImpellerBenchError("the packaged submission breaks the rules: " + "; ".join(problems), run_dir)
+            raise ImpellerBenchError("the packaged submission breaks the rules: " + "; ".join(problems), run.root)
     return submission
 
 
