@@ -12,6 +12,7 @@ The pipeline is four pure-ish steps that tests call one by one:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from .sources.references import reference_for
 from .progress import no_progress
 
 TRAIN, TEST = "train", "test"
+MIN_TEST_GOOD_GROUP_SHARE = 1 / 3
 NATIVE = "native"
 
 Progress = Callable[[Iterable, str], Iterable]
@@ -46,9 +48,11 @@ Progress = Callable[[Iterable, str], Iterable]
 
 @dataclass(frozen=True)
 class Counts:
-    train_good: int = 400
+    """Images per part of the split; None takes every usable one (train good: every one on the training side)."""
+
+    train_good: int | None = 400
     test_good: int = 100
-    test_defect: int = 100
+    test_defect: int | None = 100
 
 
 @dataclass(frozen=True)
@@ -101,18 +105,44 @@ def _where(record: SourceRecord) -> str:
     return f"{record.source}/{record.relpath}"
 
 
-def group_photos(records: Sequence[SourceRecord], scans: Sequence[ScannedImage | None], **options) -> grouping.PhotoGroups:
-    """Photo groups over the records that scanned; unscanned records get groups of their own."""
+def group_photos(records: Sequence[SourceRecord], scans: Sequence[ScannedImage | None], *, register: bool = True,
+                 **options) -> grouping.PhotoGroups:
+    """Photo groups over the records that scanned; unscanned records get groups of their own.
+
+    With ``register`` (the default), candidate pairs the fingerprint leaves in
+    doubt are registered pixel to pixel (:mod:`.registration`) and joined when
+    they are one photo.
+    """
     usable = [i for i, s in enumerate(scans) if s is not None]
+    same_photo = _same_photo_test(records, scans, usable) if register else None
     found = grouping.find_photo_groups(
-        [records[i].sha256 for i in usable], [scans[i].fingerprint for i in usable], **options
+        [records[i].sha256 for i in usable], [scans[i].fingerprint for i in usable], register=same_photo, **options
     )
     group_of = np.empty(len(records), dtype=np.int64)
     group_of[usable] = found.group_of
     rest = [i for i, s in enumerate(scans) if s is None]
     group_of[rest] = found.n_groups + np.arange(len(rest))
     matches = [(usable[a], usable[b], s) for a, b, s in found.content_matches]
-    return grouping.PhotoGroups(group_of, found.exact_duplicate_pairs, matches)
+    registered = [(usable[a], usable[b], c) for a, b, c in found.registration_matches]
+    return grouping.PhotoGroups(group_of, found.exact_duplicate_pairs, matches, found.registered_pairs, registered)
+
+
+def _same_photo_test(records, scans, usable):
+    """register(a, b) over positions in ``usable``: (one photo?, correlation), images loaded and prepared once."""
+    from functools import lru_cache
+
+    from .registration import Prepared, is_same_photo, register
+
+    @lru_cache(maxsize=256)
+    def prepared(k: int) -> Prepared:
+        i = usable[k]
+        return Prepared(read_gray(records[i].path), scans[i].fingerprint)
+
+    def same_photo(a: int, b: int) -> tuple[bool, float]:
+        found = register(prepared(a), prepared(b))
+        return is_same_photo(found), found.correlation
+
+    return same_photo
 
 
 @dataclass(frozen=True)
@@ -145,16 +175,22 @@ def plan_split(
     usable: np.ndarray,
     counts: Counts = Counts(),
     seed: int = 0,
+    defect_candidates: bool = False,
 ) -> SplitPlan:
     """Choose train and test images; no photo group has members on both sides.
 
     1. Test defects: defect images with a non-empty mask, spread over defect
        class combinations and defect sizes, one per photo group while groups last.
+       With ``defect_candidates``, every usable one is taken (once the sources
+       are checked to hold ``counts.test_defect``), for :func:`balance_test_defects`
+       to choose from.
     2. Their groups are test-side. Good images' groups are added to the test
        side, those holding good photos from mask-bearing sources (the source of
        the test defects: same camera and resolution, so that the test classes
        do not differ by source) and small groups first, until the test side
-       holds enough good images; every other group is train-side.
+       holds enough good images and at least MIN_TEST_GOOD_GROUP_SHARE of the
+       good photo groups (a test set of many variants of a few photos
+       measures little); every other group is train-side.
     3. Test good and train good are spread over lighting and pose
        (systematic sampling over images sorted by brightness band, then
        off-centre distance), test good preferring mask-bearing sources.
@@ -166,11 +202,15 @@ def plan_split(
     goods = [i for i in np.nonzero(usable)[0] if records[i].label == GOOD]
     mask_sources = {records[i].source for i in defects}
 
+    asked = counts
+    if counts.test_defect is None:
+        counts = dataclasses.replace(counts, test_defect=len(defects))
     test_defect = None
     if len(defects) >= counts.test_defect:
-        first, rest = _one_per_group_first(defects, group_of, rng)
         defect_key = lambda i: ("+".join(records[i].defect_classes), int(records[i].defect_mask.sum()))
-        test_defect = _pick_preferring(first, rest, counts.test_defect, defect_key, rng)
+        taken = len(defects) if defect_candidates else counts.test_defect
+        test_defect = _pick_by_rounds(_rounds_over_groups(defects, group_of, rng), taken, defect_key, rng)
+        counts = dataclasses.replace(counts, test_defect=taken)
     test_groups = set(group_of[test_defect]) if test_defect is not None else set()
 
     good_groups: dict[int, list[int]] = {}
@@ -180,13 +220,17 @@ def plan_split(
     rng.shuffle(order)
     order.sort(key=lambda g: (not any(records[i].source in mask_sources for i in good_groups[g]), len(good_groups[g])))
     test_side_goods = [i for g in good_groups if g in test_groups for i in good_groups[g]]
+    least_test_groups = int(np.ceil(MIN_TEST_GOOD_GROUP_SHARE * len(good_groups))) if counts.test_good else 0
     for g in order:
-        if len(test_side_goods) >= counts.test_good:
+        test_good_groups = sum(1 for h in good_groups if h in test_groups)
+        if len(test_side_goods) >= counts.test_good and test_good_groups >= least_test_groups:
             break
         if g not in test_groups:
             test_groups.add(g)
             test_side_goods += good_groups[g]
     train_side_goods = [i for i in goods if group_of[i] not in test_groups]
+    if counts.train_good is None:
+        counts = dataclasses.replace(counts, train_good=len(train_side_goods))
 
     available = {
         "test_defect": len(defects),
@@ -199,7 +243,7 @@ def plan_split(
     if (test_defect is None or len(test_side_goods) < counts.test_good or len(train_side_goods) < counts.train_good):
         raise ImpellerBenchError(
             "the sources hold too few usable images for the requested split: asked for "
-            f"{counts.train_good} train good, {counts.test_good} test good, {counts.test_defect} test defect; "
+            f"{_asked(asked.train_good)} train good, {asked.test_good} test good, {_asked(asked.test_defect)} test defect; "
             f"available: {available['good_images']} good images in {available['good_groups']} photo groups "
             f"({available['test_good']} on the test side, {available['train_good']} left for training once "
             f"groups are kept whole) and {available['test_defect']} defect images with masks "
@@ -226,6 +270,10 @@ def plan_split(
     return SplitPlan(selected, counts, seed, {"available": available})
 
 
+def _asked(count: int | None) -> str:
+    return "all" if count is None else str(count)
+
+
 def plan_image_level(records, groups: grouping.PhotoGroups, usable: np.ndarray, train_from: SplitPlan,
                      source: str, folder: str = "test/") -> SplitPlan:
     """An image-level split: ``train_from``'s training images, and every usable image of ``source``
@@ -249,14 +297,28 @@ def plan_image_level(records, groups: grouping.PhotoGroups, usable: np.ndarray, 
     return SplitPlan(train + test, counts, train_from.seed, {"test_images_sharing_a_group_with_train": shared})
 
 
-def _one_per_group_first(candidates, group_of, rng) -> tuple[list[int], list[int]]:
-    """(a random representative of each group, the remaining members)."""
-    seen, first, rest = set(), [], []
+def _rounds_over_groups(candidates, group_of, rng) -> list[list[int]]:
+    """Candidates in rounds: a random member of each group, then a second member of each group, and so on."""
+    taken: dict[int, int] = {}
+    rounds: list[list[int]] = []
     for k in rng.permutation(len(candidates)):
         i = candidates[k]
-        (rest if group_of[i] in seen else first).append(i)
-        seen.add(group_of[i])
-    return first, rest
+        r = taken.get(group_of[i], 0)
+        taken[group_of[i]] = r + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(i)
+    return rounds
+
+
+def _pick_by_rounds(rounds, n, key, rng) -> list[int]:
+    """n candidates, whole rounds first: no group gives a k-th member before every group has given k - 1."""
+    picked: list[int] = []
+    for members in rounds:
+        if len(picked) + len(members) >= n:
+            return picked + _spread_pick(members, n - len(picked), key, rng)
+        picked += members
+    raise ValueError(f"cannot pick {n} of {len(picked)} candidates")
 
 
 def _pick_preferring(preferred, others, n, key, rng) -> list[int]:
@@ -333,6 +395,7 @@ class RenderedImage:
     group: int = 0
     group_shared_with_train: bool = False
     class_touch: dict[str, np.ndarray] | None = None  # pixels each class covers at all, for region classes
+    mask_origin: dict | None = None  # where carried masks came from (transfer.py)
 
 
 def render(record: SourceRecord, sel: Selected, size: int | str) -> RenderedImage:
@@ -352,6 +415,7 @@ def render(record: SourceRecord, sel: Selected, size: int | str) -> RenderedImag
         sel.split, sel.label, record.stem, record.source, record.relpath, record.sha256, image_bytes, suffix,
         mask if is_defect else None, foreground, record.defect_classes if is_defect else (),
         sel.group, sel.group_shared_with_train, touch if is_defect else None,
+        record.mask_origin if is_defect else None,
     )
 
 
@@ -381,6 +445,8 @@ def write_rendered(items: Iterable[RenderedImage], out: Path | None) -> list[dic
             "group": item.group,
             "group_shared_with_train": item.group_shared_with_train,
         }
+        if item.mask_origin is not None:
+            entry["mask_source"] = item.mask_origin
         files = {entry["file"]: item.image_bytes}
         if item.defect_mask is not None:
             mask_png = encode_png(item.defect_mask)
@@ -403,8 +469,12 @@ def write_rendered(items: Iterable[RenderedImage], out: Path | None) -> list[dic
     return entries
 
 
-def make_manifest(name: str, records, plan: SplitPlan, size, defect_classes, group_threshold, entries) -> dict:
-    sources = sorted({(records[s.record].source, records[s.record].kind) for s in plan.selected})
+def make_manifest(name: str, records, plan: SplitPlan, size, defect_classes, group_threshold, entries,
+                  options: dict | None = None, mask_sources: dict[str, str] | None = None) -> dict:
+    """The manifest of a written selection; ``options`` join the build parameters, ``mask_sources``
+    (name -> kind) the referenced sources."""
+    sources = sorted({(records[s.record].source, records[s.record].kind) for s in plan.selected}
+                     | set((mask_sources or {}).items()))
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -418,7 +488,7 @@ def make_manifest(name: str, records, plan: SplitPlan, size, defect_classes, gro
             "group_threshold": group_threshold,
             "pixel_masks": all(records[s.record].has_mask for s in plan.selected if s.label == DEFECT),
             "mask_rule": "area-average resample; a pixel is defective when at least half its area was",
-        },
+        } | (options or {}),
         "sources": {name_: reference_for(name_, kind) for name_, kind in sources},
         "entries": entries,
     }
@@ -437,20 +507,30 @@ def write_dataset(
     expected: dict | None = None,
     overwrite: bool = False,
     progress: Progress = no_progress,
+    options: dict | None = None,
+    mask_sources: dict[str, str] | None = None,
+    inspect: Callable[[Path], dict] | None = None,
 ) -> dict:
     """Write the dataset atomically; returns its manifest.
 
     With ``expected`` (a published split's manifest), every written file's
-    sha256 must equal the published one, or nothing is written.
+    sha256 must equal the published one, or nothing is written. ``inspect``
+    runs on the complete staged folder before it is moved into place; what it
+    returns joins the build report.
     """
     with staged_directory(out, overwrite=overwrite) as stage:
         rendered = (render(records[sel.record], sel, size) for sel in progress(plan.selected, "writing images"))
         entries = write_rendered(rendered, stage)
-        manifest = make_manifest(name, records, plan, size, defect_classes, group_threshold, entries)
+        manifest = make_manifest(name, records, plan, size, defect_classes, group_threshold, entries, options,
+                                 mask_sources)
         if expected is not None:
             _check_reproduced(manifest, expected)
             manifest = expected
         (stage / MANIFEST_NAME).write_bytes(manifest_bytes(manifest))
+        if inspect is not None:
+            found = inspect(stage)
+            if report is not None:
+                report.update(found)
         if report is not None:
             (stage / "build_report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     return manifest
@@ -484,8 +564,13 @@ def load_split_file(path: str | Path) -> dict:
     return split
 
 
-def plan_from_split_file(split: dict, records: Sequence[SourceRecord]) -> SplitPlan:
-    """The plan a published split describes, checked against the given sources' checksums."""
+def plan_from_split_file(split: dict, records: list[SourceRecord]) -> SplitPlan:
+    """The plan a published split describes, checked against the given sources' checksums.
+
+    Entries whose masks were carried from an annotated original
+    (``mask_source``) get them again here, through the recorded map: their
+    records in ``records`` are replaced by the carried ones.
+    """
     index = {(r.source, r.relpath): k for k, r in enumerate(records)}
     by_kind: dict[str, list[str]] = {}
     for r in records:
@@ -504,20 +589,32 @@ def plan_from_split_file(split: dict, records: Sequence[SourceRecord]) -> SplitP
                 f"split needs source {name!r} ({ref['kind']}); give its folder with --{ref['kind']}"
                 + (f" (given: {', '.join(given)})" if given else "")
             )
+
+    def lookup(source, path, sha256):
+        key = (rename[source], path)
+        if key not in index:
+            return None, f"{key[0]}/{key[1]}: missing"
+        if records[index[key]].sha256 != sha256:
+            return None, (f"{key[0]}/{key[1]}: sha256 {records[index[key]].sha256[:12]}... differs from the split's "
+                          f"{sha256[:12]}...")
+        return index[key], None
+
     problems, selected = [], []
     for e in split["entries"]:
-        key = (rename[e["source"]], e["source_path"])
-        if key not in index:
-            problems.append(f"{key[0]}/{key[1]}: missing")
+        k, problem = lookup(e["source"], e["source_path"], e["source_sha256"])
+        origin = e.get("mask_source")
+        if problem is None and origin is not None:
+            o, problem = lookup(origin["source"], origin["source_path"], origin["source_sha256"])
+            if problem is None:
+                from .transfer import carried_record
+
+                records[k] = carried_record(records[o], records[k], origin["matrix"], origin)
+        if problem is None and e["mask"] is not None and records[k].defect_mask is None:
+            problem = f"{rename[e['source']]}/{e['source_path']}: the split needs its defect mask, the source has none"
+        if problem is not None:
+            problems.append(problem)
             continue
-        record = records[index[key]]
-        if record.sha256 != e["source_sha256"]:
-            problems.append(f"{key[0]}/{key[1]}: sha256 {record.sha256[:12]}... differs from the split's {e['source_sha256'][:12]}...")
-            continue
-        if e["mask"] is not None and record.defect_mask is None:
-            problems.append(f"{key[0]}/{key[1]}: the split needs its defect mask, the source has none")
-            continue
-        selected.append(Selected(index[key], e["split"], e["label"], e["group"], e["group_shared_with_train"]))
+        selected.append(Selected(k, e["split"], e["label"], e["group"], e["group_shared_with_train"]))
     if problems:
         raise ImpellerBenchError(
             f"{len(problems)} source file(s) do not match the split (nothing was written):\n  " + "\n  ".join(problems)
@@ -555,12 +652,17 @@ def build_split(
     supervisely=(),
     kaggle=(),
     mvtec=(),
+    mask_sources=(),
     counts: Counts = Counts(),
     seed: int = 0,
     size: int | str = 256,
     split_file: str | Path | None = None,
     defect_classes=None,
     group_threshold: float = grouping.DEFAULT_MATCH_THRESHOLD,
+    register: bool = True,
+    allow_source_mix: bool = False,
+    balance: bool = True,
+    audit: bool = True,
     name: str = "custom",
     overwrite: bool = False,
     progress: Progress = no_progress,
@@ -569,18 +671,31 @@ def build_split(
 
     With ``split_file`` the published split is rebuilt exactly (counts, seed,
     size and classes come from it); otherwise images are selected for ``seed``.
+    ``mask_sources`` are annotated (Supervisely) folders whose images are not
+    used: their masks are carried onto registered variants among the image
+    sources' defect images (:mod:`.transfer`). A selection whose test good and
+    test defect images come from different source mixes is refused unless
+    ``allow_source_mix``. With ``balance``, the test defects are matched to
+    the test goods on defect-blind measures (:func:`balance_test_defects`), so
+    that lighting and photo sessions cannot tell them apart; at most
+    ``counts.test_defect`` are kept. The shortcut audit (:mod:`.audit`) runs
+    on the written images and goes into the report (``audit=False`` skips it).
     """
     from .sources.supervisely import DEFAULT_DEFECT_CLASSES
 
+    inspect = (lambda stage: {"shortcut_audit": run_audit(stage, progress)}) if audit else None
     if split_file is not None:
         split = load_split_file(split_file)
         b = split["build"]
-        records, findings = read_sources(supervisely, kaggle, mvtec, b["defect_classes"])
+        extra = _by_kind(mask_sources)
+        records, findings = read_sources(tuple(supervisely) + tuple(extra["supervisely"]), tuple(kaggle) + tuple(extra["kaggle"]),
+                                         tuple(mvtec) + tuple(extra["mvtec"]), b["defect_classes"])
         plan = plan_from_split_file(split, records)
         report = {"split_file": str(split_file), "entries_verified": len(plan.selected)}
         manifest = write_dataset(
             out, records, plan, name=split["name"], size=b["size"], defect_classes=b["defect_classes"],
             group_threshold=b["group_threshold"], report=report, expected=split, overwrite=overwrite, progress=progress,
+            inspect=inspect,
         )
         return manifest, report
 
@@ -588,15 +703,158 @@ def build_split(
     records, findings = read_sources(supervisely, kaggle, mvtec, defect_classes)
     scans, scan_findings = scan(records, progress)
     findings += scan_findings
-    groups = group_photos(records, scans, threshold=group_threshold, progress=progress)
     usable = eligible(records, scans, findings)
-    plan = plan_split(records, scans, groups, usable, counts, seed)
-    report = build_report(records, findings, groups, usable, plan)
+    transfer_report, mask_source_kinds = {}, {}
+    if mask_sources:
+        records, transfer_report = carry_masks(records, scans, usable, mask_sources, defect_classes, progress)
+        mask_source_kinds = transfer_report.pop("mask_source_kinds")
+    groups = group_photos(records, scans, register=register, threshold=group_threshold, progress=progress)
+    plan = plan_split(records, scans, groups, usable, counts, seed, defect_candidates=balance)
+    if balance:
+        plan = balance_test_defects(records, plan, size, counts.test_defect, progress)
+    mix = check_source_mix(records, plan)
+    if not mix.passed and not allow_source_mix:
+        raise ImpellerBenchError(
+            "the selection's test good and test defect images come from different source mixes, so a detector "
+            f"could pass it by recognising the source ({mix.line().split(' - ', 1)[-1]}). Nothing was written. "
+            "Choose sources so that both sides come from the same ones (e.g. one source alone, or --mask-source "
+            "to carry the annotated masks onto another source's variants), or pass --allow-source-mix to build "
+            "it anyway (recorded in the manifest)."
+        )
+    report = build_report(records, findings, groups, usable, plan) | transfer_report | {"source_mix": mix.line()}
+    if "matching" in plan.notes:
+        report["matching"] = plan.notes["matching"]
+    options = {"registration": register, "allow_source_mix": allow_source_mix, "bootstrap_unit": "group",
+               "matched_test_defects": balance}
+    if mask_sources:
+        from .transfer import ACCEPTANCE_RULE
+
+        options["mask_transfer"] = ACCEPTANCE_RULE
     manifest = write_dataset(
         out, records, plan, name=name, size=size, defect_classes=defect_classes,
         group_threshold=group_threshold, report=report, overwrite=overwrite, progress=progress,
+        options=options, mask_sources=mask_source_kinds, inspect=inspect,
     )
     return manifest, report
+
+
+def carry_masks(records, scans, usable, mask_sources, defect_classes, progress=no_progress):
+    """Records with masks carried from the annotated ``mask_sources`` onto registered variants among the
+    defect images of ``records``; returns (new records, report)."""
+    from .transfer import best_transfer_per_variant, carried_record, find_transfers
+
+    mask_records, mask_findings = read_sources(**_by_kind(mask_sources), defect_classes=defect_classes)
+    mask_scans, more = scan(mask_records, progress)
+    mask_usable = eligible(mask_records, mask_scans, mask_findings + more)
+    originals = [i for i, r in enumerate(mask_records)
+                 if mask_usable[i] and r.label == DEFECT and r.defect_mask is not None and r.defect_mask.any()]
+    candidates = [len(mask_records) + j for j, r in enumerate(records)
+                  if usable[j] and r.label == DEFECT and r.defect_mask is None]
+    pool = list(mask_records) + list(records)
+    fingerprints = [s.fingerprint if s is not None else None for s in list(mask_scans) + list(scans)]
+    tried = find_transfers(pool, fingerprints, originals, candidates, progress=progress)
+    best = best_transfer_per_variant(tried)
+    records = list(records)
+    for variant, t in best.items():
+        records[variant - len(mask_records)] = carried_record(pool[t.original], pool[variant], t.registration.matrix,
+                                                              t.origin(pool))
+    reasons: dict[str, int] = {}
+    for t in tried:
+        key = t.reason or "kept"
+        reasons[key] = reasons.get(key, 0) + 1
+    kept = [t for t in tried if t.accepted]
+    shifts = [t.residual_shift for t in kept]
+    ratios = [t.area_ratio for t in kept]
+    return records, {
+        "mask_sources": sorted({r.source for r in mask_records}),
+        "mask_source_kinds": {r.source: r.kind for r in mask_records},
+        "mask_transfer": {
+            "annotated_defect_photos": len(originals),
+            "photos_with_a_variant": len({t.original for t in kept}),
+            "registrations": len(tried),
+            "outcomes": reasons,
+            "variants_with_masks": len(best),
+            "residual_shift_px": _percentiles(shifts),
+            "area_ratio": _percentiles(ratios),
+        },
+    }
+
+
+def _by_kind(folders) -> dict[str, list]:
+    """Source folders sorted by importer (read_sources' keyword arguments), each kind found from its layout."""
+    from .sources import detect_kind
+
+    out: dict[str, list] = {"supervisely": [], "kaggle": [], "mvtec": []}
+    for folder in folders:
+        kind = detect_kind(folder)
+        if kind is None:
+            raise ImpellerBenchError("not a known source layout (Supervisely img/ + ann/, Kaggle *_front/, MVTec AD)",
+                                     folder)
+        out[kind].append(folder)
+    return out
+
+
+def _percentiles(values) -> dict:
+    if not values:
+        return {}
+    p = np.percentile(values, [0, 50, 99, 100])
+    return {"min": round(float(p[0]), 4), "median": round(float(p[1]), 4), "p99": round(float(p[2]), 4),
+            "max": round(float(p[3]), 4)}
+
+
+MATCH_PER_GOOD = 2
+MATCH_CALIPER = 0.2
+
+
+def balance_test_defects(records, plan: SplitPlan, size, limit: int | None = None, progress=no_progress) -> SplitPlan:
+    """The plan with its test defects narrowed to those a defect-blind look cannot tell from its test goods.
+
+    ``plan`` holds every candidate test defect; :func:`.audit.matched_defects`
+    keeps at most MATCH_PER_GOOD per test good (and at most ``limit``), each
+    within MATCH_CALIPER standard deviations of a good image's propensity.
+    Images are measured as they will be written (at ``size``).
+    """
+    from .audit import TEST_DEFECT, TEST_GOOD, AuditImage, matched_defects
+
+    tests = [s for s in plan.selected if s.split == TEST]
+    images = []
+    for sel in progress(tests, "matching: reading images"):
+        record = records[sel.record]
+        gray = read_gray(record.path)
+        mask = record.defect_mask if sel.label == DEFECT else None
+        if size != NATIVE:
+            gray = resize_area(gray, size)
+            mask = None if mask is None else resize_mask_area(mask, size)
+        images.append(AuditImage(gray, TEST_DEFECT if sel.label == DEFECT else TEST_GOOD, record.source, sel.group, mask))
+    try:
+        kept = set(matched_defects(images, per_good=MATCH_PER_GOOD, caliper=MATCH_CALIPER, limit=limit,
+                                   seed=plan.seed or 0, progress=progress))
+    except ValueError as exc:
+        raise ImpellerBenchError(f"cannot match the test defects to the test goods: {exc} (--no-balance skips "
+                                 "the matching)") from exc
+    chosen = {id(tests[k]) for k in kept}
+    selected = [s for s in plan.selected if s.label != DEFECT or id(s) in chosen]
+    counts = dataclasses.replace(plan.counts, test_defect=len(kept))
+    notes = plan.notes | {"matching": {"candidate_test_defects": sum(s.label == DEFECT for s in tests),
+                                       "kept": len(kept), "per_good": MATCH_PER_GOOD, "caliper": MATCH_CALIPER}}
+    return SplitPlan(selected, counts, plan.seed, notes)
+
+
+def check_source_mix(records, plan: SplitPlan):
+    """Check (a) of the shortcut audit on a plan, before anything is written."""
+    from .audit import TEST_DEFECT, TEST_GOOD, TRAIN_GOOD, source_mix
+
+    role = {(TRAIN, GOOD): TRAIN_GOOD, (TEST, GOOD): TEST_GOOD, (TEST, DEFECT): TEST_DEFECT}
+    chosen = [s for s in plan.selected if (s.split, s.label) in role]
+    return source_mix([role[(s.split, s.label)] for s in chosen], [records[s.record].source for s in chosen])
+
+
+def run_audit(folder: Path, progress=no_progress) -> dict:
+    """The shortcut audit of a written dataset folder, as a report section."""
+    from .audit import audit_dataset
+    from .data import load_dataset
+
+    return audit_dataset(load_dataset(folder), progress=progress).to_dict()
 
 
 def build_report(records, findings, groups, usable, plan: SplitPlan) -> dict:

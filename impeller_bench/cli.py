@@ -48,6 +48,18 @@ def _size(value: str):
     return size
 
 
+def _count(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: a number of images, or 'all'") from None
+    if count < 0:
+        raise click.BadParameter("at least 0")
+    return count
+
+
 @main.command("build-split")
 @click.option("--supervisely", "supervisely", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Supervisely project folder (img/ + ann/); repeatable.")
@@ -56,28 +68,42 @@ def _size(value: str):
 @click.option("--mvtec", "mvtec", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="MVTec AD layout folder used as a source; repeatable.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
-@click.option("--train-good", default=400, show_default=True, type=click.IntRange(0))
+@click.option("--train-good", default="400", show_default=True, help="A number, or 'all' (every image the training side holds).")
 @click.option("--test-good", default=100, show_default=True, type=click.IntRange(0))
-@click.option("--test-defect", default=100, show_default=True, type=click.IntRange(0))
+@click.option("--test-defect", default="100", show_default=True, help="A number, or 'all' (every usable defect image with a mask).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--size", default="256", show_default=True, help="Side in pixels (area-averaged), or 'native' to copy the original bytes.")
 @click.option("--split", "split_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Rebuild a published split (annotations/*.json) exactly; counts, seed and size come from it.")
 @click.option("--defect-class", "defect_classes", multiple=True, help="Supervisely classes that count as defects (default: holes, chipping, deburring).")
+@click.option("--mask-source", "mask_sources", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Annotated Supervisely folder whose images are not used: its masks are carried onto their registered "
+                   "variants among the other sources' defect images; repeatable.")
 @click.option("--group-threshold", default=None, type=click.FloatRange(0, 1), help="Match score that joins two images into one photo group (default 0.7).")
+@click.option("--registration/--no-registration", default=True, show_default=True,
+              help="Also join photos that register onto each other pixel for pixel (--no-registration: impeller-v1's grouping).")
+@click.option("--allow-source-mix", is_flag=True,
+              help="Build even if test good and test defect images come from different source mixes (recorded in the manifest).")
+@click.option("--balance/--no-balance", default=True, show_default=True,
+              help="Keep only test defects matched to the test goods on defect-blind measures (lighting, sharpness, "
+                   "pretrained features), at most two per good image and at most --test-defect.")
+@click.option("--audit/--no-audit", default=True, show_default=True, help="Run the shortcut audit on the written images.")
 @click.option("--name", default="custom", show_default=True, help="Name recorded in the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def build_split_command(supervisely, kaggle, mvtec, out, train_good, test_good, test_defect, seed, size, split_file,
-                        defect_classes, group_threshold, name, overwrite):
+                        defect_classes, mask_sources, group_threshold, registration, allow_source_mix, balance, audit,
+                        name, overwrite):
     """Build the benchmark dataset (MVTec AD layout + manifest.json) from public sources."""
     from .build import Counts, build_split
     from .grouping import DEFAULT_MATCH_THRESHOLD
 
     manifest, report = build_split(
-        out, supervisely=supervisely, kaggle=kaggle, mvtec=mvtec,
-        counts=Counts(train_good, test_good, test_defect), seed=seed, size=_size(size), split_file=split_file,
+        out, supervisely=supervisely, kaggle=kaggle, mvtec=mvtec, mask_sources=mask_sources,
+        counts=Counts(_count(train_good), test_good, _count(test_defect)), seed=seed, size=_size(size),
+        split_file=split_file,
         defect_classes=defect_classes or None,
         group_threshold=DEFAULT_MATCH_THRESHOLD if group_threshold is None else group_threshold,
+        register=registration, allow_source_mix=allow_source_mix, balance=balance, audit=audit,
         name=name, overwrite=overwrite, progress=_progress,
     )
     click.echo(build_summary(manifest, report, out))
@@ -96,8 +122,22 @@ def build_summary(manifest: dict, report: dict, out: Path) -> str:
         lines.append(f"left out: {len(report['excluded'])} image(s) that failed validation (see build_report.json)")
         for path, reasons in list(report["excluded"].items())[:10]:
             lines.append(f"  {path}: {'; '.join(reasons)}")
+        if "matching" in report:
+            m = report["matching"]
+            lines.append(f"test defects matched to the test goods on defect-blind measures: kept {m['kept']} of "
+                         f"{m['candidate_test_defects']} candidates (at most {m['per_good']} per good image)")
+        if "mask_transfer" in report:
+            t = report["mask_transfer"]
+            lines.append(f"masks carried: {t['variants_with_masks']} variants of {t['photos_with_a_variant']} of "
+                         f"{t['annotated_defect_photos']} annotated defect photos ({t['registrations']} registrations; "
+                         f"residual misalignment median {t['residual_shift_px'].get('median')} px, "
+                         f"max {t['residual_shift_px'].get('max')} px)")
     else:
         lines.append(f"verified {report['entries_verified']} entries against {report['split_file']}: byte for byte")
+    if "shortcut_audit" in report:
+        from .audit import audit_lines
+
+        lines += audit_lines(report["shortcut_audit"])
     return "\n".join(lines)
 
 
@@ -105,11 +145,13 @@ def build_summary(manifest: dict, report: dict, out: Path) -> str:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--min-region-area", default=16, show_default=True, type=click.IntRange(1), help="Smaller defect regions are reported.")
-def validate_command(folder, as_json, min_region_area):
+@click.option("--audit/--no-audit", default=True, show_default=True,
+              help="Run the shortcut audit on a built dataset (a failed audit is an error).")
+def validate_command(folder, as_json, min_region_area, audit):
     """Validate a built dataset or a source folder; exit code 0 only when nothing is an error."""
     from .validate import validate
 
-    report = validate(folder, min_region_area, _progress)
+    report = validate(folder, min_region_area, _progress, audit=audit)
     click.echo(report.to_json() if as_json else report.text(f"validated {folder}"))
     sys.exit(0 if report.ok else 1)
 
@@ -363,7 +405,7 @@ def leaderboard_build_command(board, annotations, data_root, check):
     from .leaderboard import build_board, outdated
 
     if check:
-        stale = outdated(board)
+        stale = outdated(board, annotations)
         for name in stale:
             click.echo(f"out of date: {board / name}")
         click.echo("run: impeller-bench leaderboard build" if stale else f"{board}: up to date")

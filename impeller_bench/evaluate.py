@@ -1,8 +1,10 @@
 """The reference evaluator: a dataset and a predictions folder in, every benchmark metric out.
 
 Also: per defect class and per region-size bucket pixel metrics, 95%
-bootstrap intervals (test images resampled with replacement, seeded), and a
-paired bootstrap comparison of two predictions folders.
+bootstrap intervals (test images resampled with replacement, seeded; whole
+photo groups instead where the dataset's manifest asks for it, because its
+test set holds several variants of one photo), and a paired bootstrap
+comparison of two predictions folders.
 """
 from __future__ import annotations
 
@@ -41,6 +43,16 @@ class EvaluationInputs:
     region_classes: list[list[str]] = field(default_factory=list)
     region_fraction: np.ndarray | None = None
     sources: list[str | None] = field(default_factory=list)
+    groups: np.ndarray | None = None  # photo group per test image: the bootstrap's unit, where the dataset says so
+
+
+def bootstrap_groups(dataset: Dataset) -> np.ndarray | None:
+    """Photo group per test image when the manifest makes groups the bootstrap unit (build.bootstrap_unit)."""
+    manifest = dataset.manifest or {}
+    if (manifest.get("build") or {}).get("bootstrap_unit") != "group":
+        return None
+    group_of = {e["id"]: e["group"] for e in manifest["entries"]}
+    return np.array([group_of[s.id] for s in dataset.test], dtype=np.int64)
 
 
 def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> EvaluationInputs:
@@ -58,7 +70,8 @@ def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> Ev
 
     if not pixel_level:
         check_labels()
-        return EvaluationInputs(ids, labels, scores, None, sources=[s.source for s in test])
+        return EvaluationInputs(ids, labels, scores, None, sources=[s.source for s in test],
+                                groups=bootstrap_groups(dataset))
     masks, maps = [], []
     for sample in progress(test, "reading masks and maps"):
         mask = sample.load_mask()
@@ -77,7 +90,8 @@ def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> Ev
         region_classes += listed if listed is not None and len(listed) == count else [list(sample.defect_classes)] * count
     image_area = np.array([m.size for m in masks], np.float64)
     fraction = pixels.region_area / image_area[pixels.region_image]
-    return EvaluationInputs(ids, labels, scores, pixels, region_classes, fraction, [s.source for s in test])
+    return EvaluationInputs(ids, labels, scores, pixels, region_classes, fraction, [s.source for s in test],
+                            bootstrap_groups(dataset))
 
 
 def point_metrics(inputs: EvaluationInputs, image_weight: np.ndarray | None = None, negative_counts=None) -> dict:
@@ -132,14 +146,24 @@ def breakdown(inputs: EvaluationInputs) -> dict:
 
 
 def bootstrap(inputs_list: list[EvaluationInputs], n: int, seed: int = 0, progress=None) -> list[dict[str, np.ndarray]]:
-    """Metric values over ``n`` resamples of the test images, the same resamples for every input (paired)."""
+    """Metric values over ``n`` resamples of the test images, the same resamples for every input (paired).
+
+    Where the inputs carry photo groups, whole groups are resampled: every
+    image counts as often as its group was drawn.
+    """
     progress = progress or no_progress
     rng = np.random.default_rng(seed)
     count = len(inputs_list[0].ids)
+    groups = inputs_list[0].groups
+    if groups is not None:
+        units, group_index = np.unique(groups, return_inverse=True)
     counts = [None if x.pixels is None else metrics.NegativeCounts.for_pixels(x.pixels) for x in inputs_list]
     samples: list[dict[str, list]] = [{} for _ in inputs_list]
     for _ in progress(range(n), "bootstrap"):
-        weight = np.bincount(rng.integers(0, count, count), minlength=count)
+        if groups is None:
+            weight = np.bincount(rng.integers(0, count, count), minlength=count)
+        else:
+            weight = np.bincount(rng.integers(0, len(units), len(units)), minlength=len(units))[group_index]
         labels = np.repeat(inputs_list[0].labels, weight)
         if labels.all() or not labels.any():
             continue  # a resample with one class only says nothing about ranking
@@ -147,6 +171,10 @@ def bootstrap(inputs_list: list[EvaluationInputs], n: int, seed: int = 0, progre
             for name, value in point_metrics(x, weight, counts[k]).items():
                 samples[k].setdefault(name, []).append(value)
     return [{name: np.array(values) for name, values in s.items()} for s in samples]
+
+
+def bootstrap_unit(inputs: EvaluationInputs) -> str:
+    return "image" if inputs.groups is None else "photo group"
 
 
 def interval(values: np.ndarray) -> list[float]:
@@ -172,7 +200,7 @@ def evaluate(dataset: Dataset, predictions: Predictions, bootstrap_samples: int 
     if bootstrap_samples:
         (samples,) = bootstrap([inputs], bootstrap_samples, seed, progress)
         result["ci95"] = {name: interval(v) for name, v in samples.items()}
-        result["bootstrap"] = {"samples": bootstrap_samples, "seed": seed}
+        result["bootstrap"] = {"samples": bootstrap_samples, "seed": seed, "unit": bootstrap_unit(inputs)}
     if plots_dir is not None:
         from .plots import evaluation_plots
 
@@ -190,7 +218,7 @@ def compare(dataset: Dataset, a: Predictions, b: Predictions, bootstrap_samples:
         "a": a.meta.get("method") or str(a.root), "b": b.meta.get("method") or str(b.root),
         "difference": {k: point_b[k] - point_a[k] for k in point_a},
         "ci95": {k: interval(samples_b[k] - samples_a[k]) for k in point_a},
-        "bootstrap": {"samples": bootstrap_samples, "seed": seed},
+        "bootstrap": {"samples": bootstrap_samples, "seed": seed, "unit": bootstrap_unit(inputs_a)},
     }
 
 

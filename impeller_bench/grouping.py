@@ -25,7 +25,13 @@ found by content:
    real photos (rotation, flip, 10% scale, 12 pixel shift, relighting) score
    0.84 or more; the default threshold, 0.7, errs towards merging: a group
    kept wholly on one side costs a little choice, a split one leaks.
-4. Matches and byte-identical files are joined into connected components.
+4. Registration (:mod:`.registration`), where the caller can load images:
+   candidate pairs scoring at least REGISTRATION_MIN_SCORE but under the
+   threshold are registered pixel to pixel, and joined when they are one
+   photo. The fingerprint misses variants across the two sources (an
+   annotated 512x512 original against its re-processed 300x300 variants
+   scores 0.3-0.6), and a variant of a test photo must never train.
+5. Matches and byte-identical files are joined into connected components.
 """
 from __future__ import annotations
 
@@ -34,8 +40,6 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .progress import no_progress
 
@@ -46,6 +50,8 @@ DESCRIPTOR_HARMONICS = slice(LOWEST_KEPT_HARMONIC, 40)
 DESCRIPTOR_RADIAL_FREQS = 24
 DEFAULT_MATCH_THRESHOLD = 0.7
 DEFAULT_CANDIDATES = 10
+# Candidate pairs scoring this or more (but under the threshold) are registered when images can be loaded.
+REGISTRATION_MIN_SCORE = 0.3
 RADIAL_MIN = 3.0
 RADIAL_BINS = 96
 RADIAL_LOG_STEP = np.log(0.47 * WORK_SIZE / RADIAL_MIN) / (RADIAL_BINS - 1)
@@ -173,6 +179,8 @@ class PhotoGroups:
     group_of: np.ndarray
     exact_duplicate_pairs: int
     content_matches: list[tuple[int, int, float]] = field(default_factory=list)
+    registered_pairs: int = 0  # candidate pairs registered pixel to pixel
+    registration_matches: list[tuple[int, int, float]] = field(default_factory=list)  # (a, b, correlation)
 
     @property
     def n_groups(self) -> int:
@@ -193,6 +201,8 @@ class PhotoGroups:
             "images_in_shared_groups": self.n_merged_images,
             "exact_duplicate_pairs": self.exact_duplicate_pairs,
             "content_matches": len(self.content_matches),
+            "registered_pairs": self.registered_pairs,
+            "registration_matches": len(self.registration_matches),
         }
 
 
@@ -203,37 +213,74 @@ def find_photo_groups(
     threshold: float = DEFAULT_MATCH_THRESHOLD,
     candidates: int = DEFAULT_CANDIDATES,
     progress: Callable[[Iterable, str], Iterable] | None = None,
+    register: Callable[[int, int], tuple[bool, float]] | None = None,
+    registration_min_score: float = REGISTRATION_MIN_SCORE,
 ) -> PhotoGroups:
-    """Group images that show the same photograph: ``sha256s[i]`` and ``fingerprints[i]`` describe image i."""
+    """Group images that show the same photograph: ``sha256s[i]`` and ``fingerprints[i]`` describe image i.
+
+    ``register(i, j)``, when given, registers images i and j and returns
+    (one photo?, correlation); it is asked about candidate pairs scoring from
+    ``registration_min_score`` up to the threshold that are not yet joined.
+    """
     progress = progress or no_progress
     n = len(sha256s)
+    joined = _UnionFind(n)
     first_of: dict[str, int] = {}
-    edges: list[tuple[int, int]] = []
     unique: list[int] = []
+    exact_pairs = 0
     for i, digest in enumerate(sha256s):
         if digest in first_of:
-            edges.append((first_of[digest], i))
+            joined.union(first_of[digest], i)
+            exact_pairs += 1
         else:
             first_of[digest] = i
             unique.append(i)
-    exact_pairs = len(edges)
 
     matches: list[tuple[int, int, float]] = []
+    to_register: list[tuple[float, int, int]] = []
     if len(unique) > 1:
         descriptors = np.stack([fingerprints[i].descriptor for i in unique])
         k = min(candidates, len(unique) - 1)
         neighbours = _nearest_neighbours(descriptors, k)
         pairs = sorted({(min(u, v), max(u, v)) for u in range(len(unique)) for v in neighbours[u]})
         for u, v in progress(pairs, "comparing similar photos"):
-            score = match_score(fingerprints[unique[u]], fingerprints[unique[v]])
+            a, b = unique[u], unique[v]
+            score = match_score(fingerprints[a], fingerprints[b])
             if score >= threshold:
-                matches.append((unique[u], unique[v], score))
-                edges.append((unique[u], unique[v]))
+                matches.append((a, b, score))
+                joined.union(a, b)
+            elif register is not None and score >= registration_min_score:
+                to_register.append((score, a, b))
 
-    rows, cols = (np.array(edges).T if edges else (np.zeros(0, int), np.zeros(0, int)))
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return PhotoGroups(_renumber_in_order(labels), exact_pairs, matches)
+    registered, registration_matches = 0, []
+    # Best candidates first: once two images are joined, no pair between their groups needs registering.
+    to_register.sort(key=lambda t: (-t[0], t[1], t[2]))
+    for _, a, b in progress(to_register, "registering candidates"):
+        if joined.find(a) == joined.find(b):
+            continue
+        registered += 1
+        same, correlation = register(a, b)
+        if same:
+            registration_matches.append((a, b, correlation))
+            joined.union(a, b)
+    labels = np.array([joined.find(i) for i in range(n)], dtype=np.int64)
+    return PhotoGroups(_renumber_in_order(labels), exact_pairs, matches, registered, registration_matches)
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def _nearest_neighbours(descriptors: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:

@@ -317,9 +317,15 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
                        bootstrap_samples: int = 1000, seed: int = 0, notes: str | None = None, overwrite: bool = False,
                        progress=None) -> dict:
     """Turn a run's predictions into a submission: compact maps, recomputed claims, one atomic write."""
+    from . import published
+
     out = Path(out)
     if not SAFE_NAME.match(out.name) or ".." in out.name:
         raise ImpellerBenchError("unsafe submission name (letters, digits, '_', '-', '.')", out)
+    if published.status(dataset.name) == published.DEPRECATED:
+        current = ", ".join(name for name, split in published.SPLITS.items() if split["status"] != published.DEPRECATED)
+        raise ImpellerBenchError(f"split {dataset.name} is deprecated and takes no new entries "
+                                 f"({published.deprecation_reason(dataset.name)}); run on one of: {current}", run.root)
     ids, have_maps = [s.id for s in dataset.test], run.map_ids()
     maps = {i: shrink_map(run.load_map(i), map_size) for i in ids if i in have_maps}
     scores = {i: run.scores[i] for i in ids if i in run.scores}

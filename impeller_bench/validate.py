@@ -22,13 +22,21 @@ from .sources.supervisely import DEFAULT_MIN_REGION_AREA, tiny_region_findings
 from .progress import no_progress
 
 
-def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
-    """Validate whatever ``path`` holds: a built dataset, an MVTec folder, or a source folder."""
+def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None,
+             audit: bool = True) -> Report:
+    """Validate whatever ``path`` holds: a built dataset, an MVTec folder, or a source folder.
+
+    A dataset is also audited for shortcuts (:mod:`.audit`) unless ``audit`` is
+    False: each check is a note, each failed check an error.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ImpellerBenchError("folder not found", path)
     if (path / MANIFEST_NAME).is_file() or (path / "train" / "good").is_dir():
-        return validate_dataset(path, min_region_area, progress)
+        report = validate_dataset(path, min_region_area, progress)
+        if audit and report.ok:
+            report.extend(audit_findings(path, progress))
+        return report
     kind = detect_kind(path)
     if kind is None:
         raise ImpellerBenchError(
@@ -116,6 +124,24 @@ def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA,
             else:
                 report.add(WARNING, "unlisted-file", rel, "mask of no listed defect image")
     return report
+
+
+def audit_findings(root: Path, progress=None) -> list:
+    """The shortcut audit of a dataset as findings: notes for the checks, an error for each failed one."""
+    from .audit import audit_dataset, separability_line, source_mix_line
+    from .report import INFO, Finding
+
+    dataset = load_dataset(root)
+    if not dataset.train or not any(s.is_defect for s in dataset.test) or all(s.is_defect for s in dataset.test):
+        return [Finding(INFO, "shortcut-audit", MANIFEST_NAME, "not run: the dataset needs train, test good and test defect images")]
+    result = audit_dataset(dataset, progress=progress or no_progress).to_dict()
+    findings = []
+    mix = result["source_mix"]
+    findings.append(Finding(INFO if mix["passed"] else ERROR, "shortcut-source-mix", MANIFEST_NAME, source_mix_line(mix)))
+    for check in result["separability"]:
+        findings.append(Finding(INFO if check["passed"] else ERROR, "shortcut-separable", MANIFEST_NAME,
+                                separability_line(check)))
+    return findings
 
 
 def _check_file(report: Report, root: Path, path: Path, expected_sha256: str | None, what: str):

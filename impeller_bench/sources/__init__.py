@@ -28,6 +28,7 @@ class SourceRecord:
     foreground_mask: np.ndarray | None = None  # bool, image size
     defect_classes: tuple[str, ...] = field(default_factory=tuple)
     class_masks: dict[str, np.ndarray] | None = None  # per defect class, bool, image size
+    mask_origin: dict | None = None  # masks carried from an annotated original (see transfer.py)
 
     @property
     def stem(self) -> str:

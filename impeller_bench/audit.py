@@ -1,0 +1,408 @@
+"""Shortcut audit: can a split be passed by recognising how images were made instead of finding defects?
+
+A benchmark measures defect detection only if its good and defective test
+images differ by the defects alone. The audit measures three ways they can
+differ otherwise:
+
+(a) **Source mix.** The share of each public source among test good and test
+    defect images, and whether every test source is also a training source.
+    Differing mixes are a shortcut by construction: the sources differ in
+    acquisition (resolution, re-encoding, augmentation) and pretrained
+    features tell them apart perfectly.
+(b) **Separability, defect-blind.** How well a cross-validated classifier
+    separates train good from test good images, and test good from test
+    defect images, given (1) acquisition statistics (noise, sharpness,
+    fine-detail energy, contrast, grey-level gaps) or (2) pretrained
+    features (EfficientNet-Lite0, pooled per stage). Every measure is taken
+    outside the defect regions (dilated); each good image is measured
+    outside a defect image's region too (a seeded pairing), so both classes
+    are measured over alike areas and a defect itself cannot be what
+    separates them.
+(c) **Single statistics against the label:** brightness and sharpness alone,
+    test good against test defect, over the same defect-blind regions.
+
+Each separability is an AUROC from out-of-fold scores (logistic regression on
+standardised measures; folds keep photo groups whole, so variants of one
+photo never sit on both sides of a fold) with a 95% interval from a
+bootstrap over photo groups. A comparison *fails* when even the interval's
+lower end exceeds ``SEPARABLE_AUROC`` (the two sets are shown to be told
+apart by something other than defects), or when the AUROC itself reaches
+``SEPARATED_AUROC`` (with few photo groups the interval is wide, but a split
+must show it has no shortcut, not merely escape proof of one). The audit
+passes when (a) holds and no comparison of (b) or (c) fails.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .progress import no_progress
+
+SEPARABLE_AUROC = 0.7
+SEPARATED_AUROC = 0.8
+MAX_SOURCE_SHARE_DIFFERENCE = 0.05  # total variation distance between the test good and test defect source mixes
+BOOTSTRAP_RESAMPLES = 1000
+FOLDS = 5
+REGION_DILATION = 1 / 16  # of the image side: how far around a defect nothing is measured
+FEATURE_STAGES = ("stage3", "stage5", "stage7")
+ACQUISITION_STATISTICS = ("noise", "sharpness", "fine_energy", "contrast", "grey_level_gaps")
+SINGLE_STATISTICS = ("brightness", "sharpness")
+
+TRAIN_GOOD, TEST_GOOD, TEST_DEFECT = "train good", "test good", "test defect"
+
+
+@dataclass
+class AuditImage:
+    """One image as the audit sees it."""
+
+    image: np.ndarray  # 2-D uint8
+    role: str  # TRAIN_GOOD, TEST_GOOD or TEST_DEFECT
+    source: str
+    group: int  # photo group: the unit of folds and of the bootstrap
+    mask: np.ndarray | None = None  # defect mask of a test defect
+
+
+@dataclass
+class SourceMix:
+    shares: dict[str, dict[str, int]]  # role -> source -> images
+    difference: float  # total variation distance between the test good and test defect mixes
+    untrained_sources: list[str]  # test sources with no training image
+    passed: bool
+
+    def line(self) -> str:
+        return source_mix_line(asdict(self))
+
+
+def source_mix_line(mix: dict) -> str:
+    parts = [f"{role}: " + ", ".join(f"{n} {src}" for src, n in sorted(counts.items()))
+             for role, counts in mix["shares"].items()]
+    extra = f"; test sources never trained on: {', '.join(mix['untrained_sources'])}" if mix["untrained_sources"] else ""
+    return (f"(a) source mix: {'pass' if mix['passed'] else 'FAIL'} (difference {mix['difference']:.2f}{extra}) - "
+            + "; ".join(parts))
+
+
+@dataclass
+class Separability:
+    measure: str  # "acquisition statistics", "pretrained features", or a single statistic's name
+    compare: str  # "train good vs test good" or "test good vs test defect"
+    auroc: float | None  # None when the groups are too few to cross-validate
+    interval: tuple[float, float] | None
+    images: tuple[int, int]
+    groups: tuple[int, int]
+    passed: bool
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"interval": list(self.interval) if self.interval else None,
+                               "images": list(self.images), "groups": list(self.groups)}
+
+
+def separability_line(s: dict) -> str:
+    kind = "(b)" if s["measure"] in ("acquisition statistics", "pretrained features") else "(c)"
+    if s["auroc"] is None:
+        return f"{kind} {s['measure']}, {s['compare']}: not measurable ({s['note']})"
+    low, high = s["interval"]
+    return (f"{kind} {s['measure']}, {s['compare']}: AUROC {s['auroc']:.3f} [{low:.3f}, {high:.3f}] "
+            f"({s['images'][0]} vs {s['images'][1]} images, {s['groups'][0]} vs {s['groups'][1]} photo groups) "
+            f"{'pass' if s['passed'] else 'FAIL'}" + (f" - {s['note']}" if s["note"] else ""))
+
+
+def audit_lines(result: dict) -> list[str]:
+    """The audit as text: a verdict, then one line per check."""
+    body = [source_mix_line(result["source_mix"])] + [separability_line(s) for s in result["separability"]]
+    return [f"shortcut audit: {'PASS' if result['passed'] else 'FAIL'}"] + ["  " + line for line in body]
+
+
+@dataclass
+class AuditResult:
+    source_mix: SourceMix
+    separability: list[Separability] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.source_mix.passed and all(s.passed for s in self.separability)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "source_mix": asdict(self.source_mix),
+                "separability": [s.to_dict() for s in self.separability], "settings": self.settings}
+
+    def lines(self) -> list[str]:
+        return audit_lines(self.to_dict())
+
+
+# --------------------------------------------------------------------------- (a) source mix
+
+
+def source_mix(roles: Sequence[str], sources: Sequence[str]) -> SourceMix:
+    """Check (a) from each image's role and source; cheap, so the builder runs it before writing anything."""
+    shares: dict[str, dict[str, int]] = {}
+    for role in (TRAIN_GOOD, TEST_GOOD, TEST_DEFECT):
+        shares[role] = dict(sorted(Counter(s for r, s in zip(roles, sources) if r == role).items()))
+    good, defect = shares[TEST_GOOD], shares[TEST_DEFECT]
+    n_good, n_defect = max(sum(good.values()), 1), max(sum(defect.values()), 1)
+    difference = 0.5 * sum(abs(good.get(s, 0) / n_good - defect.get(s, 0) / n_defect) for s in set(good) | set(defect))
+    untrained = sorted((set(good) | set(defect)) - set(shares[TRAIN_GOOD]))
+    passed = difference <= MAX_SOURCE_SHARE_DIFFERENCE + 1e-12 and not untrained
+    return SourceMix(shares, float(difference), untrained, passed)
+
+
+# --------------------------------------------------------------------------- measures
+
+
+def defect_blind_regions(images: Sequence[AuditImage], seed: int) -> list[np.ndarray]:
+    """Where each image is measured: outside its dilated defect mask, or outside a borrowed one (good images)."""
+    masks = [im.mask for im in images if im.mask is not None and im.mask.any()]
+    rng = np.random.default_rng(seed)
+    regions = []
+    for im in images:
+        mask = im.mask if im.mask is not None and im.mask.any() else (
+            masks[int(rng.integers(len(masks)))] if masks else np.zeros(im.image.shape, bool))
+        if mask.shape != im.image.shape:
+            mask = _resize_mask(mask, im.image.shape)
+        radius = max(1, int(round(REGION_DILATION * max(im.image.shape))))
+        excluded = ndi.binary_dilation(mask, structure=_disc(radius))
+        regions.append(~excluded)
+    return regions
+
+
+def acquisition_statistics(image: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """Defect-blind measures of how a photo was taken and processed, over ``region`` of a 2-D uint8 image.
+
+    - noise: std of the residual after a 3 x 3 median filter;
+    - sharpness: mean absolute Laplacian (3 x 3);
+    - fine_energy: energy of the finest band (difference of Gaussians 0.5 / 1 px) over the next (1 / 2 px);
+    - contrast: std of the grey levels;
+    - grey_level_gaps: fraction of grey levels between the 1st and 99th percentile that no pixel takes;
+    - brightness: mean grey level.
+    """
+    a = image.astype(np.float64)
+    inner = ndi.binary_erosion(region, iterations=2) if region.sum() > 64 else region
+    residual = a - ndi.median_filter(a, 3)
+    laplacian = ndi.laplace(a)
+    g05, g1, g2 = (ndi.gaussian_filter(a, s) for s in (0.5, 1.0, 2.0))
+    fine, next_band = (g05 - g1)[inner], (g1 - g2)[inner]
+    values = image[inner]
+    lo, hi = np.percentile(values, [1, 99]) if values.size else (0, 0)
+    used = np.unique(values[(values >= lo) & (values <= hi)])
+    span = int(hi) - int(lo) + 1
+    return {
+        "noise": float(residual[inner].std()),
+        "sharpness": float(np.abs(laplacian[inner]).mean()),
+        "fine_energy": float((fine ** 2).mean() / ((next_band ** 2).mean() + 1e-12)),
+        "contrast": float(values.std()),
+        "grey_level_gaps": float(1 - len(used) / span) if span > 0 else 0.0,
+        "brightness": float(values.mean()),
+    }
+
+
+def pretrained_features(images: Sequence[np.ndarray], regions: Sequence[np.ndarray], backbone=None,
+                        progress=no_progress, batch_size: int = 16) -> np.ndarray:
+    """Per image: each stage of FEATURE_STAGES averaged over the grid cells wholly inside the region; concatenated."""
+    import torch
+    import torch.nn.functional as F
+
+    from .backbones import imagenet_tensor, load_backbone
+
+    backbone = backbone or load_backbone("efficientnet_lite0").eval()
+    out = []
+    starts = list(range(0, len(images), batch_size))
+    for start in progress(starts, "audit: pretrained features"):
+        chunk = images[start : start + batch_size]
+        size = max(chunk[0].shape)
+        with torch.no_grad():
+            maps = backbone.features(imagenet_tensor(chunk, size), FEATURE_STAGES)
+        region = torch.from_numpy(np.stack([_resize_mask(r, (size, size)) for r in regions[start : start + batch_size]]))
+        region = region[:, None].float()
+        pooled = []
+        for name in FEATURE_STAGES:
+            fmap = maps[name]
+            inside = (F.adaptive_avg_pool2d(region, fmap.shape[-2:]) > 0.999).float()
+            inside = torch.where(inside.sum(dim=(2, 3), keepdim=True) > 0, inside, torch.ones_like(inside))
+            pooled.append((fmap * inside).sum(dim=(2, 3)) / inside.sum(dim=(2, 3)))
+        out.append(torch.cat(pooled, 1).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- (b), (c) separability
+
+
+def grouped_auroc(x: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int, *, fit: bool = True,
+                  resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float | None, tuple[float, float] | None, str]:
+    """(AUROC, 95% interval, note) of separating labels 1 from 0.
+
+    With ``fit``, scores are out-of-fold logistic-regression scores (folds keep
+    groups whole); without, ``x`` (one column) is the score itself and the
+    AUROC is reported for whichever direction separates better. The interval
+    resamples groups within each label (percentile bootstrap).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels, bool)
+    groups = np.asarray(groups)
+    groups_per_label = [len(np.unique(groups[labels == v])) for v in (False, True)]
+    if min(groups_per_label) < 2:
+        return None, None, f"{min(groups_per_label)} photo group(s) on one side"
+    if fit:
+        scores = _out_of_fold_scores(x, labels, groups, seed)
+        if scores is None:
+            return None, None, "too few photo groups to cross-validate"
+        flip = 1.0
+    else:
+        scores = np.asarray(x, np.float64).ravel()
+        flip = 1.0 if roc_auc_score(labels, scores) >= 0.5 else -1.0
+    scores = flip * scores
+    auroc = float(roc_auc_score(labels, scores))
+    rng = np.random.default_rng(seed)
+    members = {v: [np.nonzero((groups == g) & (labels == v))[0] for g in np.unique(groups[labels == v])] for v in (False, True)}
+    values = []
+    for _ in range(resamples):
+        pick = np.concatenate([members[v][k] for v in (False, True)
+                               for k in rng.integers(len(members[v]), size=len(members[v]))])
+        values.append(roc_auc_score(labels[pick], scores[pick]))
+    low, high = np.percentile(values, [2.5, 97.5])
+    note = "" if fit else ("higher in the second set" if flip > 0 else "lower in the second set")
+    return auroc, (float(low), float(high)), note
+
+
+def _out_of_fold_scores(x, labels, groups, seed) -> np.ndarray | None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(FOLDS, *(len(np.unique(groups[labels == v])) for v in (False, True)))
+    if folds < 2:
+        return None
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = np.zeros(len(labels))
+    for train, test in splitter.split(x, labels, groups):
+        if len(np.unique(labels[train])) < 2:
+            return None
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+        model.fit(x[train], labels[train])
+        scores[test] = model.decision_function(x[test])
+    return scores
+
+
+def audit_images(images: Sequence[AuditImage], *, seed: int = 0, features: bool = True, backbone=None,
+                 progress: Callable[[Iterable, str], Iterable] = no_progress) -> AuditResult:
+    """Run (a), (b) and (c) on a split's images."""
+    roles = np.array([im.role for im in images])
+    mix = source_mix(list(roles), [im.source for im in images])
+    result = AuditResult(mix, settings={
+        "seed": seed, "folds": FOLDS, "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "separable_auroc": SEPARABLE_AUROC,
+        "separated_auroc": SEPARATED_AUROC,
+        "max_source_share_difference": MAX_SOURCE_SHARE_DIFFERENCE, "region_dilation": REGION_DILATION,
+        "acquisition_statistics": list(ACQUISITION_STATISTICS), "single_statistics": list(SINGLE_STATISTICS),
+        "features": f"efficientnet_lite0 {'+'.join(FEATURE_STAGES)}, mean over defect-blind cells" if features else None,
+    })
+    table, pooled = defect_blind_measures(images, seed, features, backbone, progress)
+    measures = [("acquisition statistics", np.stack([table[n] for n in ACQUISITION_STATISTICS], 1), True)]
+    if pooled is not None:
+        measures.append(("pretrained features", pooled, True))
+    groups = np.array([im.group for im in images])
+    comparisons = [(TRAIN_GOOD, TEST_GOOD), (TEST_GOOD, TEST_DEFECT)]
+    for name, x, fit in measures:
+        for first, second in comparisons:
+            result.separability.append(_compare(name, x, roles, groups, first, second, seed, fit))
+    for name in SINGLE_STATISTICS:
+        result.separability.append(_compare(name, table[name][:, None], roles, groups, TEST_GOOD, TEST_DEFECT, seed, False))
+    return result
+
+
+def defect_blind_measures(images: Sequence[AuditImage], seed: int, features: bool = True, backbone=None,
+                          progress=no_progress) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """({statistic: value per image}, pooled pretrained features per image or None), outside the defect regions."""
+    regions = defect_blind_regions(images, seed)
+    stats = [acquisition_statistics(im.image, r) for im, r in zip(progress(images, "audit: statistics"), regions)]
+    table = {name: np.array([s[name] for s in stats]) for name in stats[0]} if stats else {}
+    pooled = pretrained_features([im.image for im in images], regions, backbone, progress) if features else None
+    return table, pooled
+
+
+def matched_defects(images: Sequence[AuditImage], *, per_good: int = 2, caliper: float = 0.2, limit: int | None = None,
+                    seed: int = 0, backbone=None, progress=no_progress) -> list[int]:
+    """Which TEST_DEFECT images to keep so that defect-blind measures cannot tell them from the TEST_GOOD ones.
+
+    Propensity matching: a defect-blind propensity (out-of-fold logistic
+    regression on the acquisition statistics, brightness and pretrained
+    features, groups kept whole) for every image; then, for each good image
+    in a seeded order and for ``per_good`` rounds, the unused defect image of
+    nearest propensity within ``caliper`` standard deviations of the
+    propensities, one from a photo group not yet taken where there is one.
+    Returns indices into ``images`` (at most ``limit``).
+    """
+    roles = np.array([im.role for im in images])
+    labels = roles == TEST_DEFECT
+    groups = np.array([im.group for im in images])
+    table, pooled = defect_blind_measures(images, seed, True, backbone, progress)
+    x = np.hstack([np.stack([table[n] for n in ACQUISITION_STATISTICS + ("brightness",)], 1), pooled])
+    propensity = _out_of_fold_scores(x, labels, groups, seed)
+    if propensity is None:
+        raise ValueError("too few photo groups to match the test set")
+    width = caliper * propensity.std()
+    goods = np.nonzero(roles == TEST_GOOD)[0]
+    goods = goods[np.random.default_rng(seed).permutation(len(goods))]
+    free = set(np.nonzero(labels)[0].tolist())
+    taken_groups: set = set()
+    kept: list[int] = []
+    for _ in range(per_good):
+        for g in goods:
+            if limit is not None and len(kept) >= limit:
+                return kept
+            near = sorted((abs(propensity[j] - propensity[g]), j) for j in free if abs(propensity[j] - propensity[g]) <= width)
+            if not near:
+                continue
+            fresh = [j for _, j in near if groups[j] not in taken_groups]
+            choice = fresh[0] if fresh else near[0][1]
+            kept.append(int(choice))
+            free.discard(choice)
+            taken_groups.add(groups[choice])
+    return kept
+
+
+def _compare(name, x, roles, groups, first, second, seed, fit) -> Separability:
+    chosen = (roles == first) | (roles == second)
+    labels = roles[chosen] == second
+    n = (int((~labels).sum()), int(labels.sum()))
+    g = (len(np.unique(groups[chosen][~labels])), len(np.unique(groups[chosen][labels])))
+    if min(n) == 0:
+        return Separability(name, f"{first} vs {second}", None, None, n, g, True, "no images on one side")
+    auroc, interval, note = grouped_auroc(x[chosen], labels, groups[chosen], seed, fit=fit)
+    passed = interval is None or (interval[0] <= SEPARABLE_AUROC and auroc < SEPARATED_AUROC)
+    return Separability(name, f"{first} vs {second}", auroc, interval, n, g, passed, note)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def audit_dataset(dataset, *, seed: int = 0, features: bool = True, backbone=None, progress=no_progress) -> AuditResult:
+    """Audit a loaded dataset (:func:`impeller_bench.data.load_dataset`); groups come from its manifest."""
+    from .imageio import read_gray, read_mask
+
+    entries = {e["id"]: e for e in (dataset.manifest or {}).get("entries", [])}
+    images = []
+    for k, sample in enumerate(progress(dataset.train + dataset.test, "audit: reading images")):
+        entry = entries.get(sample.id, {})
+        role = TRAIN_GOOD if sample.split == "train" else (TEST_DEFECT if sample.is_defect else TEST_GOOD)
+        mask = read_mask(sample.mask_path) if sample.is_defect and sample.mask_path is not None else None
+        group = entry.get("group")
+        images.append(AuditImage(read_gray(sample.image_path), role, sample.source or "unknown",
+                                 int(group) if group is not None else -1 - k, mask))
+    return audit_images(images, seed=seed, features=features, backbone=backbone, progress=progress)
+
+
+def _disc(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return yy * yy + xx * xx <= radius * radius
+
+
+def _resize_mask(mask: np.ndarray, shape) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.NEAREST)) > 0
