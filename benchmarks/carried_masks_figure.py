@@ -1,10 +1,10 @@
 """Draw carried masks for a look: annotated originals beside their registered variants, outlines on both.
 
-    python benchmarks/carried_masks_figure.py --dataset data/impeller-v2-300 \\
+    python benchmarks/carried_masks_figure.py --dataset data/kaggle-only \\
         --annotated sources/casting-supervisely --out carried_masks.png [--count 8] [--seed 0]
 
 For a seeded sample of test defects of a split built with ``--mask-source``
-(impeller-v2-300), each row shows the annotated original with its mask
+(e.g. ``impeller-bench build-split --kaggle ... --mask-source ... --out data/kaggle-only``), each row shows the annotated original with its mask
 outline, the variant with the carried mask outline, and a close-up of both
 around the largest defect region, plus the registration figures from the
 manifest. The figure shows the sources' photos (CC BY-NC-ND): it is for your

@@ -28,8 +28,9 @@ bootstrap over photo groups. A comparison *fails* when even the interval's
 lower end exceeds ``SEPARABLE_AUROC`` (the two sets are shown to be told
 apart by something other than defects), or when the AUROC itself reaches
 ``SEPARATED_AUROC`` (with few photo groups the interval is wide, but a split
-must show it has no shortcut, not merely escape proof of one). The audit
-passes when (a) holds and no comparison of (b) or (c) fails.
+must show it has no shortcut, not merely escape proof of one); a comparison
+that cannot be measured (fewer than two photo groups on a side) fails too.
+The audit passes when (a) holds and no comparison of (b) or (c) fails.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ class Separability:
 def separability_line(s: dict) -> str:
     kind = "(b)" if s["measure"] in ("acquisition statistics", "pretrained features") else "(c)"
     if s["auroc"] is None:
-        return f"{kind} {s['measure']}, {s['compare']}: not measurable ({s['note']})"
+        return f"{kind} {s['measure']}, {s['compare']}: FAIL, not measurable ({s['note']})"
     low, high = s["interval"]
     return (f"{kind} {s['measure']}, {s['compare']}: AUROC {s['auroc']:.3f} [{low:.3f}, {high:.3f}] "
             f"({s['images'][0]} vs {s['images'][1]} images, {s['groups'][0]} vs {s['groups'][1]} photo groups) "
@@ -372,9 +373,10 @@ def _compare(name, x, roles, groups, first, second, seed, fit) -> Separability:
     n = (int((~labels).sum()), int(labels.sum()))
     g = (len(np.unique(groups[chosen][~labels])), len(np.unique(groups[chosen][labels])))
     if min(n) == 0:
-        return Separability(name, f"{first} vs {second}", None, None, n, g, True, "no images on one side")
+        return Separability(name, f"{first} vs {second}", None, None, n, g, False, "no images on one side")
     auroc, interval, note = grouped_auroc(x[chosen], labels, groups[chosen], seed, fit=fit)
-    passed = interval is None or (interval[0] <= SEPARABLE_AUROC and auroc < SEPARATED_AUROC)
+    # Not measurable (too few photo groups) fails too: a split must show it has no shortcut.
+    passed = interval is not None and interval[0] <= SEPARABLE_AUROC and auroc < SEPARATED_AUROC
     return Separability(name, f"{first} vs {second}", auroc, interval, n, g, passed, note)
 
 

@@ -247,7 +247,8 @@ def plan_split(
             f"available: {available['good_images']} good images in {available['good_groups']} photo groups "
             f"({available['test_good']} on the test side, {available['train_good']} left for training once "
             f"groups are kept whole) and {available['test_defect']} defect images with masks "
-            f"in {available['defect_groups']} groups. Nothing was written."
+            f"in {available['defect_groups']} groups. Nothing was written. (--train-good all and --test-defect all "
+            "take what the photo groups allow.)"
         )
 
     def lighting_and_pose(candidates):
@@ -585,8 +586,10 @@ def plan_from_split_file(split: dict, records: list[SourceRecord]) -> SplitPlan:
         elif len(given) == 1:
             rename[name] = given[0]  # the user's folder may carry another name
         else:
+            flag = f"--{ref['kind']}" + (" (or --mask-source, where it only lends its masks)"
+                                         if ref["kind"] == "supervisely" else "")
             raise ImpellerBenchError(
-                f"split needs source {name!r} ({ref['kind']}); give its folder with --{ref['kind']}"
+                f"split needs source {name!r} ({ref['kind']}); give its folder with {flag}"
                 + (f" (given: {', '.join(given)})" if given else "")
             )
 

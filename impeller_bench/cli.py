@@ -36,28 +36,33 @@ def main():
     """Dataset and benchmark toolkit for pixel-level anomaly detection on cast impellers."""
 
 
-def _size(value: str):
+def _size(ctx, param, value: str):
     if value == "native":
         return value
     try:
         size = int(value)
     except ValueError:
-        raise click.BadParameter("a number of pixels, or 'native'") from None
+        raise click.BadParameter(f"{value!r}: a number of pixels, or 'native'") from None
     if size < 32:
         raise click.BadParameter("at least 32 pixels")
     return size
 
 
-def _count(value: str) -> int | None:
-    if value == "all":
+def _count(ctx, param, value: str) -> int | None:
+    if value.lower() == "all":
         return None
     try:
         count = int(value)
     except ValueError:
         raise click.BadParameter(f"{value!r}: a number of images, or 'all'") from None
     if count < 0:
-        raise click.BadParameter("at least 0")
+        raise click.BadParameter(f"{count}: at least 0")
     return count
+
+
+# What --split takes from the split file: giving one of these beside it is a mistake worth saying.
+_SPLIT_FILE_DECIDES = ("train_good", "test_good", "test_defect", "seed", "size", "defect_classes", "group_threshold",
+                       "registration", "allow_source_mix", "balance", "name")
 
 
 @main.command("build-split")
@@ -68,17 +73,22 @@ def _count(value: str) -> int | None:
 @click.option("--mvtec", "mvtec", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="MVTec AD layout folder used as a source; repeatable.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
-@click.option("--train-good", default="400", show_default=True, help="A number, or 'all' (every image the training side holds).")
-@click.option("--test-good", default=100, show_default=True, type=click.IntRange(0))
-@click.option("--test-defect", default="100", show_default=True, help="A number, or 'all' (every usable defect image with a mask).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--size", default="256", show_default=True, help="Side in pixels (area-averaged), or 'native' to copy the original bytes.")
+@click.option("--train-good", default="400", show_default=True, callback=_count,
+              help="Normal training images: a number, or 'all' (every image the training side holds).")
+@click.option("--test-good", default=100, show_default=True, type=click.IntRange(0), help="Normal test images.")
+@click.option("--test-defect", default="100", show_default=True, callback=_count,
+              help="Defective test images with masks: a number (at most, with --balance), or 'all'.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice of the selection.")
+@click.option("--size", default="256", show_default=True, callback=_size,
+              help="Side in pixels (area-averaged), or 'native' to copy the original bytes.")
 @click.option("--split", "split_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Rebuild a published split (annotations/*.json) exactly; counts, seed and size come from it.")
+              help="Rebuild a published split (annotations/*.json) exactly: its counts, seed, size, options and name "
+                   "come from it.")
 @click.option("--defect-class", "defect_classes", multiple=True, help="Supervisely classes that count as defects (default: holes, chipping, deburring).")
 @click.option("--mask-source", "mask_sources", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Annotated Supervisely folder whose images are not used: its masks are carried onto their registered "
-                   "variants among the other sources' defect images; repeatable.")
+              help="Annotated folder (Supervisely, or MVTec AD layout with masks) whose images are not used: its "
+                   "masks are carried onto their registered variants among the other sources' defect images; "
+                   "repeatable.")
 @click.option("--group-threshold", default=None, type=click.FloatRange(0, 1), help="Match score that joins two images into one photo group (default 0.7).")
 @click.option("--registration/--no-registration", default=True, show_default=True,
               help="Also join photos that register onto each other pixel for pixel (--no-registration: impeller-v1's grouping).")
@@ -93,13 +103,23 @@ def _count(value: str) -> int | None:
 def build_split_command(supervisely, kaggle, mvtec, out, train_good, test_good, test_defect, seed, size, split_file,
                         defect_classes, mask_sources, group_threshold, registration, allow_source_mix, balance, audit,
                         name, overwrite):
-    """Build the benchmark dataset (MVTec AD layout + manifest.json) from public sources."""
+    """Build the benchmark dataset (MVTec AD layout + manifest.json) from public sources.
+
+    Exit code 0 when the dataset is written and its shortcut audit passes (or
+    is skipped), 1 when it is written but the audit fails (publish no number
+    on it), 2 when nothing is written."""
     from .build import Counts, build_split
     from .grouping import DEFAULT_MATCH_THRESHOLD
 
+    if split_file is not None:
+        ctx = click.get_current_context()
+        given = [f"--{p.replace('_', '-')}" for p in _SPLIT_FILE_DECIDES
+                 if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: --split takes these from the split file; drop them")
     manifest, report = build_split(
         out, supervisely=supervisely, kaggle=kaggle, mvtec=mvtec, mask_sources=mask_sources,
-        counts=Counts(_count(train_good), test_good, _count(test_defect)), seed=seed, size=_size(size),
+        counts=Counts(train_good, test_good, test_defect), seed=seed, size=size,
         split_file=split_file,
         defect_classes=defect_classes or None,
         group_threshold=DEFAULT_MATCH_THRESHOLD if group_threshold is None else group_threshold,
@@ -107,6 +127,10 @@ def build_split_command(supervisely, kaggle, mvtec, out, train_good, test_good, 
         name=name, overwrite=overwrite, progress=_progress,
     )
     click.echo(build_summary(manifest, report, out))
+    if not report.get("shortcut_audit", {"passed": True})["passed"]:
+        click.echo(f"{out} is written, but its shortcut audit failed: a detector could pass it without finding "
+                   "defects, so publish no number on it", err=True)
+        sys.exit(1)
 
 
 def build_summary(manifest: dict, report: dict, out: Path) -> str:
@@ -199,7 +223,7 @@ def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_
                 backbone_weights, layers, overwrite):
     """Train METHOD on train/good, score the test set, write predictions and print the evaluation.
 
-    METHOD: ours, efficientad, patchcore, padim or spade."""
+    METHOD: ours, efficientad, patchcore, padim, spade, patchsvdd or ast."""
     from .evaluate import format_table
     from .runner import run_method
 
@@ -285,7 +309,8 @@ def _dataset_for(predictions, dataset_dir):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the metrics (default PRED_DIR/metrics.json).")
 @click.option("--bootstrap", "bootstrap_samples", default=0, show_default=True, type=click.IntRange(0),
-              help="Bootstrap resamples of the test images for 95% intervals (1000 is usual).")
+              help="Bootstrap resamples for 95% intervals (1000 is usual): of the test images, or of whole photo "
+                   "groups where the dataset's manifest says so (the v2 splits).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write ROC, PR and PRO curves here.")
 def evaluate_command(pred_dir, dataset_dir, json_path, bootstrap_samples, seed, plots_dir):
@@ -319,7 +344,8 @@ def compare_command(pred_a, pred_b, dataset_dir, bootstrap_samples, seed, json_p
     a, b = load_predictions(pred_a), load_predictions(pred_b)
     dataset = _dataset_for(a, dataset_dir)
     result = compare(dataset, a, b, bootstrap_samples, seed, _progress)
-    click.echo(f"{result['b']} minus {result['a']} (paired bootstrap, {bootstrap_samples} resamples, seed {seed}):")
+    click.echo(f"{result['b']} minus {result['a']} (paired bootstrap over {result['bootstrap']['unit']}s, "
+               f"{bootstrap_samples} resamples, seed {seed}):")
     for name, diff in result["difference"].items():
         lo, hi = result["ci95"][name]
         verdict = "B better" if lo > 0 else "A better" if hi < 0 else "no clear difference"
@@ -355,8 +381,8 @@ def download_command(to, sources, archives, no_kaggle, annotations, overwrite):
         receipt = download_source(name, to, annotations, given.get(name), not no_kaggle, overwrite, _progress,
                                   say=lambda text: click.echo(text, err=True))
         click.echo(f"{name}: {receipt['files']} files verified and unpacked into {receipt['folder']} (from {receipt['origin']})")
-    click.echo(f"next: impeller-bench build-split --supervisely {to}/casting-supervisely --kaggle {to}/casting-kaggle-300 "
-               f"--split annotations/impeller-v1.json --out data/impeller-v1")
+    click.echo(f"next: impeller-bench build-split --supervisely {to}/casting-supervisely "
+               f"--split annotations/impeller-v2-native.json --out data/impeller-v2-native")
 
 
 @main.group("leaderboard")
@@ -370,7 +396,7 @@ _annotations_option = click.option("--annotations", default="annotations", show_
                                    type=click.Path(exists=True, file_okay=False, path_type=Path),
                                    help="Folder of the published split files.")
 _data_option = click.option("--data", "data_root", default="data", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-                            help="Folder holding the built splits, one subfolder per split (data/impeller-v1).")
+                            help="Folder holding the built splits, one subfolder per split (data/impeller-v2-native).")
 
 
 @leaderboard_group.command("validate")

@@ -229,6 +229,9 @@ def format_table(result: dict) -> str:
     for name, value in result["metrics"].items():
         bounds = f"  [{100 * ci[name][0]:6.2f}, {100 * ci[name][1]:6.2f}]" if name in ci else ""
         lines.append(f"  {name:<16} {100 * value:6.2f}{bounds}")
+    if ci:
+        b = result["bootstrap"]
+        lines.append(f"  (95% intervals: {b['samples']} bootstrap resamples of {b.get('unit', 'image')}s, seed {b['seed']})")
     if not result["pixel_level"]:
         lines.append("  (no pixel masks in this test set: image-level metrics only)")
     for name, row in result.get("breakdown", {}).items():

@@ -255,7 +255,7 @@ def find_photo_groups(
     registered, registration_matches = 0, []
     # Best candidates first: once two images are joined, no pair between their groups needs registering.
     to_register.sort(key=lambda t: (-t[0], t[1], t[2]))
-    for _, a, b in progress(to_register, "registering candidates"):
+    for _, a, b in (progress(to_register, "registering candidates") if to_register else ()):
         if joined.find(a) == joined.find(b):
             continue
         registered += 1

@@ -181,7 +181,8 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
     deprecated = [split for split in groups if published.status(split) == published.DEPRECATED]
     if deprecated:
         lines += ["## Deprecated: source shortcut", "",
-                  "Kept for reproducibility only; do not compare methods on these numbers."]
+                  "Kept for reproducibility only; do not compare methods on these numbers. These splits take no",
+                  "new entries."]
         for split in deprecated:
             lines += ["", f"Why `{split}` is deprecated: {published.deprecation_reason(split)}.", ""]
             lines += _split_section(split, groups[split], "###", audit(split))
@@ -303,6 +304,8 @@ def draw_overlays(entries: list[dict], annotations: Path, datasets: dict, path: 
         shown = _overlay_entries(group)
         payload[split] = {"images": overlay_choice(annotations, split), "entries": [e["name"] for e in shown]}
         rows += [(samples[image_id], shown) for image_id in payload[split]["images"]]
+    if not rows:
+        return  # no current split with entries: nothing to draw
     columns = 1 + max(len(shown) for _, shown in rows)
     figure, grid = plt.subplots(len(rows), columns, figsize=(1.7 * columns, 1.8 * len(rows)), squeeze=False)
     for axes in grid.ravel():
@@ -361,4 +364,4 @@ def build_board(board: str | Path, annotations: str | Path, data_root: str | Pat
     atomic_write_bytes(board / CSV_NAME, expected[CSV_NAME].encode())
     draw_latency_plot(entries, board / LATENCY_PLOT)
     draw_overlays(entries, annotations, datasets, board / OVERLAY_PLOT)
-    return [board / name for name in (*expected, OVERLAY_PLOT)]
+    return [board / name for name in (*expected, OVERLAY_PLOT) if (board / name).is_file()]

@@ -26,6 +26,7 @@ class Finding:
 @dataclass
 class Report:
     findings: list[Finding] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # structured results beside the findings (e.g. the shortcut audit)
 
     def add(self, severity: str, code: str, path: str, message: str) -> None:
         self.findings.append(Finding(severity, code, str(path), message))
@@ -60,5 +61,6 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"ok": self.ok, "counts": self.counts(), "findings": [asdict(f) for f in self.findings]}, indent=2
+            {"ok": self.ok, "counts": self.counts(), "findings": [asdict(f) for f in self.findings]} | self.details,
+            indent=2,
         )

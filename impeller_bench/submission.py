@@ -243,6 +243,17 @@ def compare_claims(claimed: dict, recomputed: dict, tolerance: float = TOLERANCE
     return problems
 
 
+def deprecated_split_refusal(split: str, name: str) -> str | None:
+    """Why an entry named ``name`` may not stand on ``split`` (a deprecated split keeps only its frozen entries)."""
+    from . import published
+
+    if published.status(split) != published.DEPRECATED or name in published.frozen_entries(split):
+        return None
+    current = ", ".join(s for s, about in published.SPLITS.items() if about["status"] != published.DEPRECATED)
+    return (f"split {split} is deprecated and takes no new entries ({published.deprecation_reason(split)}); "
+            f"run on {current}")
+
+
 def validate_submission(folder: str | Path, data_root: str | Path, annotations: str | Path, progress=None) -> Check:
     """Check one submission folder completely; the evaluator's numbers are recomputed, never read."""
     folder, data_root, annotations = Path(folder), Path(data_root), Path(annotations)
@@ -254,6 +265,10 @@ def validate_submission(folder: str | Path, data_root: str | Path, annotations: 
     if check.problems:
         return check
     split, claimed_sha = claimed["dataset"]["split"], claimed["dataset"]["manifest_sha256"]
+    refusal = deprecated_split_refusal(split, claimed["name"])
+    if refusal:
+        check.problems.append(refusal)
+        return check
     try:
         published = published_split_sha256(annotations, split)
     except ImpellerBenchError as exc:
@@ -317,15 +332,12 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
                        bootstrap_samples: int = 1000, seed: int = 0, notes: str | None = None, overwrite: bool = False,
                        progress=None) -> dict:
     """Turn a run's predictions into a submission: compact maps, recomputed claims, one atomic write."""
-    from . import published
-
     out = Path(out)
     if not SAFE_NAME.match(out.name) or ".." in out.name:
         raise ImpellerBenchError("unsafe submission name (letters, digits, '_', '-', '.')", out)
-    if published.status(dataset.name) == published.DEPRECATED:
-        current = ", ".join(name for name, split in published.SPLITS.items() if split["status"] != published.DEPRECATED)
-        raise ImpellerBenchError(f"split {dataset.name} is deprecated and takes no new entries "
-                                 f"({published.deprecation_reason(dataset.name)}); run on one of: {current}", run.root)
+    refusal = deprecated_split_refusal(dataset.name, out.name)
+    if refusal:
+        raise ImpellerBenchError(refusal, run.root)
     ids, have_maps = [s.id for s in dataset.test], run.map_ids()
     maps = {i: shrink_map(run.load_map(i), map_size) for i in ids if i in have_maps}
     scores = {i: run.scores[i] for i in ids if i in run.scores}

@@ -16,7 +16,7 @@ from .build import region_stats
 from .data import MANIFEST_NAME, load_dataset
 from .errors import ImpellerBenchError
 from .imageio import decode_image, sha256_bytes
-from .report import ERROR, WARNING, Report
+from .report import ERROR, INFO, WARNING, Report
 from .sources import detect_kind
 from .sources.supervisely import DEFAULT_MIN_REGION_AREA, tiny_region_findings
 from .progress import no_progress
@@ -35,7 +35,12 @@ def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, p
     if (path / MANIFEST_NAME).is_file() or (path / "train" / "good").is_dir():
         report = validate_dataset(path, min_region_area, progress)
         if audit and report.ok:
-            report.extend(audit_findings(path, progress))
+            findings, result = audit_findings(path, progress)
+            report.extend(findings)
+            if result is not None:
+                report.details["shortcut_audit"] = result
+        elif audit:
+            report.add(INFO, "shortcut-audit", MANIFEST_NAME, "shortcut audit not run: fix the errors above first")
         return report
     kind = detect_kind(path)
     if kind is None:
@@ -126,22 +131,29 @@ def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA,
     return report
 
 
-def audit_findings(root: Path, progress=None) -> list:
-    """The shortcut audit of a dataset as findings: notes for the checks, an error for each failed one."""
+def audit_findings(root: Path, progress=None) -> tuple[list, dict | None]:
+    """The shortcut audit of a dataset as findings, and its full result (None when it cannot run).
+
+    One finding gives the verdict; each check is a note (``shortcut-check``)
+    when it passes and an error (``shortcut-source-mix``, ``shortcut-separable``)
+    when it fails.
+    """
     from .audit import audit_dataset, separability_line, source_mix_line
-    from .report import INFO, Finding
+    from .report import Finding
 
     dataset = load_dataset(root)
     if not dataset.train or not any(s.is_defect for s in dataset.test) or all(s.is_defect for s in dataset.test):
-        return [Finding(INFO, "shortcut-audit", MANIFEST_NAME, "not run: the dataset needs train, test good and test defect images")]
+        return [Finding(INFO, "shortcut-audit", MANIFEST_NAME,
+                        "shortcut audit not run: the dataset needs train, test good and test defect images")], None
     result = audit_dataset(dataset, progress=progress or no_progress).to_dict()
-    findings = []
-    mix = result["source_mix"]
-    findings.append(Finding(INFO if mix["passed"] else ERROR, "shortcut-source-mix", MANIFEST_NAME, source_mix_line(mix)))
-    for check in result["separability"]:
-        findings.append(Finding(INFO if check["passed"] else ERROR, "shortcut-separable", MANIFEST_NAME,
-                                separability_line(check)))
-    return findings
+    verdict = "PASS" if result["passed"] else "FAIL: a detector could pass this split without finding defects"
+    findings = [Finding(INFO if result["passed"] else ERROR, "shortcut-audit", MANIFEST_NAME, f"shortcut audit: {verdict}")]
+    checks = [("shortcut-source-mix", result["source_mix"]["passed"], source_mix_line(result["source_mix"]))]
+    checks += [("shortcut-separable", c["passed"], separability_line(c)) for c in result["separability"]]
+    for code, passed, line in checks:
+        findings.append(Finding(INFO, "shortcut-check", MANIFEST_NAME, line) if passed
+                        else Finding(ERROR, code, MANIFEST_NAME, line))
+    return findings, result
 
 
 def _check_file(report: Report, root: Path, path: Path, expected_sha256: str | None, what: str):

@@ -88,6 +88,16 @@ def test_source_mix_fails_when_good_and_defect_test_images_come_from_different_s
     assert not untrained.passed and untrained.difference == 0 and untrained.untrained_sources == ["a"]
 
 
+def test_a_side_with_one_photo_group_cannot_be_shown_clean_and_fails(clean_split):
+    one_group = [AuditImage(im.image, im.role, im.source, 7 if im.role == TEST_GOOD else im.group, im.mask)
+                 for im in clean_split]
+    result = audit_images(one_group, seed=0, features=False)
+    unmeasured = [s for s in result.separability if s.auroc is None]
+    assert not result.passed and len(unmeasured) == 4 and not any(s.passed for s in unmeasured)
+    assert all("FAIL, not measurable (1 photo group(s) on one side)" in line for line in result.lines()
+               if "not measurable" in line)
+
+
 def test_grouped_auroc_resamples_groups_and_refuses_single_groups():
     rng = np.random.default_rng(0)
     labels = np.repeat([False, True], 20)

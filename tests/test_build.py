@@ -5,7 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
+from click.testing import CliRunner
+
 from impeller_bench import build
+from impeller_bench.cli import main
 from impeller_bench.data import load_dataset
 from impeller_bench.errors import ImpellerBenchError
 from impeller_bench.imageio import encode_png, read_gray, read_mask, sha256_file
@@ -133,6 +136,12 @@ def test_split_file_rebuilds_byte_for_byte_and_names_changed_files(source_with_c
             if entry[key]:
                 assert (tmp_path / "again" / entry[key]).read_bytes() == (tmp_path / "orig" / entry[key]).read_bytes()
     assert (tmp_path / "again" / "manifest.json").read_bytes() == split_file.read_bytes()
+
+    # What the split file decides cannot be given beside it.
+    clash = CliRunner().invoke(main, ["build-split", "--mvtec", str(source_with_copies), "--split", str(split_file),
+                                      "--out", str(tmp_path / "clash"), "--size", "32", "--seed", "3"])
+    assert clash.exit_code == 2 and "--seed, --size: --split takes these from the split file" in clash.output
+    assert not (tmp_path / "clash").exists()
 
     tampered_source = tmp_path / "tampered" / source_with_copies.name
     shutil.copytree(source_with_copies, tampered_source)

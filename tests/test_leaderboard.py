@@ -320,10 +320,20 @@ def test_deprecated_splits_come_last_under_their_own_heading_and_take_no_entries
     assert readme.index("## aa-current") < deprecated < readme.index("### synthetic-impellers")
     assert "Why `synthetic-impellers` is deprecated: a planted shortcut." in readme
     assert [row[0] for row in leaderboard.latency_payload(entries)] == ["median-diff-v2"]  # the plot: current splits
-    # A deprecated split takes no new entries.
+    # A deprecated split takes no new entries: neither packaged nor passed by validate (CI's gate) ...
     dataset = load_dataset(data_root / "synthetic-impellers")
     with pytest.raises(ImpellerBenchError) as info:
         submission.package_submission(load_predictions(folder / "predictions"), tmp_path / "new-entry", dataset,
                                       authors=["t"], code="c", version="1", hardware="h", command="c")
     assert "deprecated" in str(info.value) and "a planted shortcut" in str(info.value)
     assert not (tmp_path / "new-entry").exists()
+    refused = submission.validate_submission(folder, data_root, annotations)
+    assert not refused.ok and "takes no new entries" in refused.problems[0]
+    # ... but keeps the entries made before it was deprecated.
+    published.SPLITS["synthetic-impellers"]["frozen_entries"] = ("median-diff",)
+    assert submission.validate_submission(folder, data_root, annotations).ok
+    # A board of deprecated entries alone still builds (there are no overlays to draw).
+    shutil.rmtree(second)
+    built = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
+    assert built.exit_code == 0, built.output
+    assert "## Deprecated: source shortcut" in (board / "README.md").read_text()

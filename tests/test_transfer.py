@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from click.testing import CliRunner
+
 from impeller_bench import build, synth
+from impeller_bench.cli import main
 from impeller_bench.errors import ImpellerBenchError
 from impeller_bench.imageio import encode_png, read_mask, sha256_file
 from impeller_bench.registration import Registration, transfer_mask
@@ -142,3 +145,11 @@ def test_a_selection_mixing_sources_is_refused_unless_allowed(tmp_path):
     manifest, report = build.build_split(tmp_path / "allowed", allow_source_mix=True, **kwargs)
     assert manifest["build"]["allow_source_mix"] is True and "FAIL" in report["source_mix"]
     assert json.loads((tmp_path / "allowed" / "manifest.json").read_text())["build"]["allow_source_mix"] is True
+    # From the command line: written, but its audit fails, and the exit code says so.
+    result = CliRunner().invoke(main, ["build-split", "--mvtec", str(defects_only), "--mvtec", str(goods_only),
+                                       "--out", str(tmp_path / "cli"), "--size", "64", "--train-good", "6",
+                                       "--test-good", "4", "--test-defect", "4", "--allow-source-mix",
+                                       "--no-registration", "--no-balance"])
+    assert result.exit_code == 1, result.output
+    assert "shortcut audit: FAIL" in result.output and "publish no number on it" in result.output
+    assert (tmp_path / "cli" / "manifest.json").is_file()

@@ -30,8 +30,9 @@ def test_clean_dataset_passes_and_its_shortcut_audit_is_reported(dataset):
     report = validate(dataset)
     assert report.ok, report.text()
     audit = [f for f in report.findings if f.code.startswith("shortcut-")]
-    assert [f.code for f in audit].count("shortcut-source-mix") == 1 and len(audit) == 7
-    assert all(f.severity == "info" for f in audit)
+    assert [f.code for f in audit] == ["shortcut-audit"] + ["shortcut-check"] * 7
+    assert audit[0].message == "shortcut audit: PASS" and all(f.severity == "info" for f in audit)
+    assert report.details["shortcut_audit"]["passed"] and len(report.details["shortcut_audit"]["separability"]) == 6
 
 
 def test_a_source_mixed_test_set_fails_the_audit(dataset):
@@ -43,7 +44,11 @@ def test_a_source_mixed_test_set_fails_the_audit(dataset):
     report = validate(dataset)
     failed = [f for f in report.errors if f.code == "shortcut-source-mix"]
     assert len(failed) == 1 and "another-camera" in failed[0].message and "FAIL" in failed[0].message
+    assert any(f.code == "shortcut-audit" and f.message.startswith("shortcut audit: FAIL") for f in report.errors)
     assert validate(dataset, audit=False).ok
+    output = CliRunner().invoke(main, ["validate", str(dataset), "--json"]).output
+    as_json = json.loads(output[output.index("{"):])
+    assert as_json["ok"] is False and as_json["shortcut_audit"]["source_mix"]["passed"] is False
 
 
 def test_truncated_image(dataset):
@@ -100,6 +105,7 @@ def test_cli_exit_codes(dataset, tmp_path):
     first(dataset, "train/good/*.png").write_bytes(b"garbage")
     result = runner.invoke(main, ["validate", str(dataset), "--json"])
     assert result.exit_code == 1 and '"unreadable-image"' in result.output
+    assert "shortcut audit not run: fix the errors above first" in result.output
     not_a_dataset = tmp_path / "empty"
     not_a_dataset.mkdir()
     result = runner.invoke(main, ["validate", str(not_a_dataset)])
