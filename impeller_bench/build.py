@@ -128,15 +128,10 @@ def group_photos(records: Sequence[SourceRecord], scans: Sequence[ScannedImage |
 
 
 def _same_photo_test(records, scans, usable):
-    """register(a, b) over positions in ``usable``: (one photo?, correlation), images loaded and prepared once."""
-    from functools import lru_cache
+    """register(a, b) over positions in ``usable``: (one photo?, correlation), recent images kept prepared."""
+    from .registration import is_same_photo, prepared_loader, register
 
-    from .registration import Prepared, is_same_photo, register
-
-    @lru_cache(maxsize=256)
-    def prepared(k: int) -> Prepared:
-        i = usable[k]
-        return Prepared(read_gray(records[i].path), scans[i].fingerprint)
+    prepared = prepared_loader([records[i].path for i in usable], [scans[i].fingerprint for i in usable])
 
     def same_photo(a: int, b: int) -> tuple[bool, float]:
         found = register(prepared(a), prepared(b))

@@ -26,6 +26,7 @@ search assumes the two show the part at a similar fraction of their frame
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -108,6 +109,19 @@ class Prepared:
         if size not in self._levels:
             self._levels[size] = self.image if self.shape == (size, size) else area_average(self.image, size)
         return self._levels[size]
+
+
+def prepared_loader(paths: Sequence, fingerprints: Sequence, cache: int = 256) -> Callable[[int], Prepared]:
+    """load(k): image ``paths[k]`` prepared with ``fingerprints[k]``, the ``cache`` most recent kept (about 1 MB each)."""
+    from functools import lru_cache
+
+    from .imageio import read_gray
+
+    @lru_cache(maxsize=cache)
+    def load(k: int) -> Prepared:
+        return Prepared(read_gray(paths[k]), fingerprints[k])
+
+    return load
 
 
 def register(source, target) -> Registration:

@@ -35,9 +35,9 @@ from .progress import no_progress
 from .registration import (
     SAME_PHOTO_MIN_CORRELATION,
     SAME_PHOTO_MIN_DETAIL,
-    Prepared,
     Registration,
     is_same_photo,
+    prepared_loader,
     register,
     residual_shift,
     transfer_mask,
@@ -134,16 +134,15 @@ def find_transfers(
     """
     usable = [j for j in candidates if fingerprints[j] is not None]
     tried: list[MaskTransfer] = []
-    prepared_variants: dict[int, Prepared] = {}
+    # Variants of one photo are the best candidates of each of its annotated copies: keep recent ones prepared.
+    prepared = prepared_loader([r.path for r in records], fingerprints, cache=512)
     for i in progress(list(originals), "registering originals"):
         original = records[i]
         scores = np.array([grouping.match_score(fingerprints[i], fingerprints[j]) for j in usable])
         best = [usable[k] for k in np.argsort(-scores, kind="stable")[:per_original]]
-        source = Prepared(read_gray(original.path), fingerprints[i])
+        source = prepared(i)
         for j in best:
-            if j not in prepared_variants:
-                prepared_variants[j] = Prepared(read_gray(records[j].path), fingerprints[j])
-            target = prepared_variants[j]
+            target = prepared(j)
             fit = register(source, target)
             transfer = MaskTransfer(i, j, fit)
             if transfer.same_photo:
@@ -152,8 +151,6 @@ def find_transfers(
                 shift = residual_shift(source.image, target.image, fit, carried) if carried.any() else None
                 transfer = MaskTransfer(i, j, fit, float(carried.sum() / expected), shift)
             tried.append(transfer)
-        if len(prepared_variants) > 4096:
-            prepared_variants.clear()
     return tried
 
 
