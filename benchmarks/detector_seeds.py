@@ -1,7 +1,7 @@
 """Several methods x several seeds on one dataset, same teacher and steps: every metric, mean and spread.
 
     python benchmarks/detector_seeds.py --dataset DIR [--methods ours efficientad] [--seeds 0 1 2]
-        [--profile quick] [--steps N] [--image-size S] [--teacher-weights FILE] [--out runs/seeds]
+        [--profile quick] [--steps N] [--image-size S] [--teacher NAME_OR_FILE] [--out runs/seeds]
 
 Each run goes through ``impeller_bench.runner.run_method`` (fit on train/good,
 score the test set, write the predictions folder, evaluate with the reference
@@ -50,11 +50,11 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--image-size", type=int)
-    parser.add_argument("--teacher-weights")
+    parser.add_argument("--teacher")
     parser.add_argument("--device")
     parser.add_argument("--out", type=Path, default=Path("runs/seeds"))
     args = parser.parse_args(argv)
-    options = {k: v for k, v in (("image_size", args.image_size), ("teacher_weights", args.teacher_weights)) if v}
+    options = {k: v for k, v in (("image_size", args.image_size), ("teacher", args.teacher)) if v}
     runs = []
     for method in args.methods:
         for seed in args.seeds:

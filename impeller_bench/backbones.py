@@ -376,7 +376,8 @@ def load_state_dict(path: str | Path, expected_sha256: str | None = None) -> dic
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an untrusted or corrupt file: refuse it, whatever went wrong inside
-        raise ImpellerBenchError(f"not a loadable tensor checkpoint ({exc.__class__.__name__}: {exc})", path) from exc
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise ImpellerBenchError(f"not a loadable tensor checkpoint ({exc.__class__.__name__}: {first_line})", path) from exc
     if not isinstance(state, dict):
         raise ImpellerBenchError("checkpoint does not hold a state dict", path)
     return state

@@ -207,8 +207,15 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
 @click.option("--steps", type=click.IntRange(1), help="Training steps (overrides the profile).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
-@click.option("--teacher-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A pretrained PDN teacher (distill-teacher's output, or a published EfficientAD teacher file).")
+@click.option("--teacher", help="ours/efficientad's teacher: a backbone whose frozen ImageNet features teach "
+                                "(efficientnet_lite0, the default; efficientnet_lite2, mobilenet_v2 ...), a pretrained "
+                                "PDN teacher file (a published EfficientAD teacher: the paper's setting; or "
+                                "distill-teacher's output), or 'random' (an untrained teacher, for ablations).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "auto"]),
+              help="ours/efficientad's training arithmetic (quick profile: auto, whichever measures faster here).")
+@click.option("--map-padding", type=click.Choice(["minimum", "zero"]),
+              help="ours/efficientad's 4-cell map frame, for ablations: minimum (ranks as normal) or zero "
+                   "(published). Implies no border cover (the quick profile's maps cover the border: no frame).")
 @click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
               help="Autoencoder decoder, for ablations (default: the method's own).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations.")
@@ -219,8 +226,8 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
               help="The backbone's checkpoint file (default: its known file, checksummed).")
 @click.option("--layers", help="Comma-separated feature maps of the backbone (default: the method's own choice).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing predictions folder.")
-def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_weights, decoder, dropout, backbone,
-                backbone_weights, layers, overwrite):
+def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher, precision, map_padding, decoder,
+                dropout, backbone, backbone_weights, layers, overwrite):
     """Train METHOD on train/good, score the test set, write predictions and print the evaluation.
 
     METHOD: ours, efficientad, patchcore, padim, spade, patchsvdd or ast."""
@@ -229,7 +236,8 @@ def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_
 
     if dataset_dir is None:
         click.echo("no --dataset given: running on the built-in synthetic impellers", err=True)
-    options = {"teacher_weights": str(teacher_weights) if teacher_weights else None, "decoder": decoder, "dropout": dropout,
+    options = {"teacher": teacher, "precision": precision, "map_padding": map_padding, "decoder": decoder,
+               "cover_border": False if map_padding else None, "dropout": dropout,
                "backbone": backbone, "backbone_weights": str(backbone_weights) if backbone_weights else None,
                "layers": [name.strip() for name in layers.split(",")] if layers else None}
     options = {k: v for k, v in options.items() if v is not None}
@@ -245,12 +253,15 @@ def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher_
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a bar plot (PNG) here.")
-def latency_command(methods, device, runs, warmup, json_path, plot_path):
+@click.option("--profile", type=click.Choice(["quick", "paper"]),
+              help="Time the model that run's PROFILE trains, at its own input size (the image stays 256x256; "
+                   "default: each method's configuration at 256x256).")
+def latency_command(methods, device, runs, warmup, json_path, plot_path, profile):
     """Latency per image at batch 1, 256x256, host to device and back (median and 90th percentile)."""
     from .imageio import atomic_write_bytes
     from .latency import latency_plot, measure_latency
 
-    results = [measure_latency(m, device, runs, warmup) for m in methods]
+    results = [measure_latency(m, device, runs, warmup, profile=profile) for m in methods]
     text = json.dumps(results, indent=1)
     click.echo(text)
     if json_path:

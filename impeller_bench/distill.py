@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .backbones import images01, load_backbone, normalise
 from .detectors.base import pick_device
-from .detectors.efficientad import TEACHER_CHANNELS, pdn, teacher_size
+from .detectors.efficientad import TEACHER_CHANNELS, pca_projection, pdn, teacher_size
 from .errors import ImpellerBenchError
 from .imageio import atomic_write_bytes, is_image_file, read_image
 from .progress import TrainingMeter
@@ -84,16 +84,8 @@ class FeatureTarget:
         """Fits the projection on these images; returns their projected targets (so they are not computed twice)."""
         features = torch.cat([self.raw(chunk.to(self.device)) for chunk in batch01.split(8)])
         vectors = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-        generator = torch.Generator().manual_seed(seed)
-        sample = vectors[torch.randperm(len(vectors), generator=generator)[:50_000].to(vectors.device)]
-        centred = sample - sample.mean(0)
-        _, _, components = torch.linalg.svd(centred, full_matrices=False)
-        if components.shape[0] < TEACHER_CHANNELS:  # fewer channels than 384: keep all, pad with zeros
-            components = torch.cat([components, torch.zeros(TEACHER_CHANNELS - components.shape[0], components.shape[1],
-                                                            device=components.device)])
-        self.projection = components[:TEACHER_CHANNELS].T.contiguous()
-        projected = (vectors - sample.mean(0)) @ self.projection
-        self.offset = sample.mean(0)
+        self.offset, self.projection = pca_projection(vectors, TEACHER_CHANNELS, seed)
+        projected = (vectors - self.offset) @ self.projection
         self.mean, self.std = projected.mean(0), projected.std(0) + 1e-6
         return self.project(features)
 

@@ -15,8 +15,11 @@ from . import detectors
 
 
 def measure_latency(method: str, device: str | None = None, runs: int = 50, warmup: int = 5,
-                    image_size: int = 256, seed: int = 0) -> dict:
-    detector = detectors.create(method, device=device, image_size=image_size, seed=seed)
+                    image_size: int = 256, seed: int = 0, profile: str | None = None) -> dict:
+    """``profile``: time the model a run with that profile trains (its own input size; the image stays
+    ``image_size``); None: the method's configuration at ``image_size``."""
+    config = {"image_size": image_size} | (detectors.detector_class(method).profiles[profile] if profile else {})
+    detector = detectors.create(method, device=device, seed=seed, **config)
     detector.prepare_untrained()
     image = np.random.default_rng(seed).integers(0, 256, (image_size, image_size), dtype=np.uint8)
     times = []
@@ -31,6 +34,8 @@ def measure_latency(method: str, device: str | None = None, runs: int = 50, warm
         "device": str(detector.device),
         "threads": torch.get_num_threads(),
         "image_size": image_size,
+        "profile": profile,
+        "model_image_size": detector.config.image_size,
         "batch_size": 1,
         "runs": runs,
         "warmup": warmup,

@@ -347,8 +347,8 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
         predictions_dir = write_predictions(stage / PREDICTIONS_DIR, scores, maps, meta)
         result = evaluate(dataset, load_predictions(predictions_dir), bootstrap_samples, seed, progress)
         backbone = {"name": run.meta.get("backbone"), "weights": _portable(run.meta.get("backbone_weights"))}
-        if backbone["name"] is None and run.meta.get("teacher"):
-            backbone = {"name": "PDN teacher", "weights": _portable(run.meta.get("teacher"))}
+        if backbone["name"] is None and run.meta.get("teacher"):  # the EfficientAD family: its teacher, named
+            backbone = {"name": f"teacher: {run.meta['teacher']}", "weights": _portable(run.meta.get("teacher_weights"))}
         submission = {
             "schema_version": SCHEMA_VERSION, "name": out.name, "method": run.meta.get("method") or "unknown",
             "version": version, "authors": list(authors), "code": code, "backbone": backbone,

@@ -15,7 +15,7 @@ from ..errors import ImpellerBenchError
 from ..imageio import atomic_write_bytes
 
 _REGISTRY: dict[str, type["Detector"]] = {}
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: EfficientAD's teacher_weights became teacher (a backbone, a file or random)
 TRAINING_IMAGES_FOR_TIMING = 400  # untrained detectors get memory of the size a 400-image fit gives
 
 

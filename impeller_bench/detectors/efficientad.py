@@ -1,24 +1,36 @@
 """EfficientAD (Batzner et al., WACV 2024) and the paper's variant ("ours"), one implementation.
 
-- Teacher T and student S are patch description networks (PDN, small or
-  medium, no padding): 256 x 256 -> 56 x 56 (image size s -> s/4 - 8).
-  The student has twice the teacher's 384 channels: the first half imitates
-  T, the second half imitates the autoencoder.
+- Teacher T: a frozen ImageNet backbone's features (the offline default, see
+  ``FeatureTeacher``), a pretrained PDN from a file (the published teachers;
+  the paper's setting), or a seeded random PDN (ablations only: the student
+  then copies it everywhere, defects included).
+- Student S: a patch description network (PDN, small or medium, no
+  padding): 256 x 256 -> 56 x 56 (image size s -> s/4 - 8), with twice the
+  teacher's channels: the first half imitates T, the second half imitates
+  the autoencoder.
 - Autoencoder A: five stride-2 convolutions and one valid convolution down to
   a 64 x 1 x 1 latent, then a decoder back to the teacher's output size:
   ``bilinear`` (published: resize + conv k4 p2 steps, dropout) or
   ``transposed`` (ours: transposed convolutions, no dropout).
 - Losses: the hard-feature loss (mean of the squared T-S differences at or
-  above their 0.999 quantile), L_AE = mean (T(x') - A(x'))^2 and
+  above their 0.999 quantile: the top 0.1%), L_AE = mean (T(x') - A(x'))^2 and
   L_STAE = mean (A(x') - S'(x'))^2 on an augmented x'; Adam, lr 1e-4,
   weight decay 1e-5, lr x 0.1 after 95% of the steps. No penalty term (no
   ImageNet images offline); ``describe()`` records that.
 - Maps: local = channel mean of (T - S)^2, global = channel mean of
   (A - S')^2, each mapped to 0.1 (M - q_a) / (q_b - q_a) with its 0.9 and
   0.995 quantiles over normal images held out from training (a seeded 10% of
-  the training images, never the test set); their mean, padded by 4 pixels
+  the training images, never the test set); their mean, padded by 4 cells
   per side and resized bilinearly to the image size, is the anomaly map; its
-  maximum is the image score.
+  maximum is the image score. The published padding is 0, which outranks
+  the mostly negative normalised map (a bright frame); the default pads with
+  each map's minimum (``map_padding``). With ``cover_border`` the input is
+  mirrored outwards first, so the map needs no frame, and the image score is
+  the maximum over the cells whose patch holds no mirrored pixel.
+
+The quick profile's economies (cached teacher outputs, one student pass per
+step, a half-width student) are options of the same loop; the published loop
+is what ``--profile paper`` runs.
 
 Transposed-decoder size arithmetic: H_out = stride * (H_in - 1) + kernel - 2 * padding.
 With t = the teacher's output size (56 for 256 x 256) and t divisible by 8:
@@ -29,6 +41,7 @@ so each output pixel gets the same number of taps (no checkerboard).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -36,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import images01, load_state_dict, normalise
+from ..backbones import BACKBONES, backbone_spec, images01, load_backbone, load_state_dict, normalise, weights_path
 from ..errors import ImpellerBenchError
 from ..progress import TrainingMeter
 from .base import Detector, register
@@ -44,6 +57,8 @@ from .base import Detector, register
 TEACHER_CHANNELS = 384
 LATENT_CHANNELS = 64
 MAP_PADDING = 4
+# A PDN's output cell i sees input pixels 4i ... 4i + 32, so 16 pixels per side are never the centre of a patch.
+PDN_BORDER = 16
 
 
 def teacher_size(image_size: int) -> int:
@@ -56,22 +71,25 @@ def teacher_size(image_size: int) -> int:
     return size
 
 
-def pdn(out_channels: int, size: str = "small") -> nn.Sequential:
-    """Patch description network; module indices follow the published EfficientAD files."""
+def pdn(out_channels: int, size: str = "small", width: float = 1.0) -> nn.Sequential:
+    """Patch description network; module indices follow the published EfficientAD files.
+
+    ``width`` scales the hidden channels (1: published; a CPU budget may take a narrower student)."""
+    a, b = (max(8, round(c * width)) for c in ((128, 256) if size == "small" else (256, 512)))
     if size == "small":
         return nn.Sequential(
-            nn.Conv2d(3, 128, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
-            nn.Conv2d(128, 256, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
-            nn.Conv2d(256, 256, 3), nn.ReLU(),
-            nn.Conv2d(256, out_channels, 4),
+            nn.Conv2d(3, a, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
+            nn.Conv2d(a, b, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
+            nn.Conv2d(b, b, 3), nn.ReLU(),
+            nn.Conv2d(b, out_channels, 4),
         )
     if size == "medium":
         return nn.Sequential(
-            nn.Conv2d(3, 256, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
-            nn.Conv2d(256, 512, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
-            nn.Conv2d(512, 512, 1), nn.ReLU(),
-            nn.Conv2d(512, 512, 3), nn.ReLU(),
-            nn.Conv2d(512, out_channels, 4), nn.ReLU(),
+            nn.Conv2d(3, a, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
+            nn.Conv2d(a, b, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
+            nn.Conv2d(b, b, 1), nn.ReLU(),
+            nn.Conv2d(b, b, 3), nn.ReLU(),
+            nn.Conv2d(b, out_channels, 4), nn.ReLU(),
             nn.Conv2d(out_channels, out_channels, 1),
         )
     raise ImpellerBenchError(f"unknown PDN size {size!r} (small or medium)")
@@ -91,8 +109,93 @@ def teacher_state_from_file(path, size: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def pca_projection(vectors: torch.Tensor, channels: int, seed: int, sample_size: int = 50_000):
+    """(mean, C x channels projection) of a seeded sample of the rows of ``vectors``: the top principal
+    directions as columns; zero columns where the vectors have fewer dimensions than ``channels``."""
+    generator = torch.Generator().manual_seed(seed)
+    sample = vectors[torch.randperm(len(vectors), generator=generator)[:sample_size].to(vectors.device)]
+    mean = sample.mean(0)
+    components = torch.linalg.svd(sample - mean, full_matrices=False)[2][:channels]
+    if len(components) < channels:
+        components = torch.cat([components, components.new_zeros(channels - len(components), components.shape[1])])
+    return mean, components.T.contiguous()
+
+
+class FeatureTeacher(nn.Module):
+    """A frozen ImageNet backbone as the teacher (no distillation, no download).
+
+    Its middle feature maps (strides 8 and 16, the layers PatchCore takes),
+    averaged over 3 x 3 neighbourhoods, are sampled at the centres of the
+    PDN's receptive fields (output cell i sees input pixels 4i ... 4i + 32, so
+    the student and the teacher describe the same patch) and, where they have
+    more than 384 channels, projected to 384 by PCA fitted on the training
+    images. The backbone's weights are rebuilt from its name, never saved.
+    The backbone sees the input mirrored outwards by ``MARGIN`` pixels, so that
+    its own zero padding does not reach the features the student must imitate.
+    """
+
+    MARGIN = 16
+
+    def __init__(self, backbone: str, image_size: int, layers=None, scale: float = 1.0, weights=None):
+        super().__init__()
+        self.scale = scale
+        self.backbone = load_backbone(backbone, weights)
+        self.layers = tuple(layers or backbone_spec(backbone).middle)
+        out = teacher_size(image_size)
+        padded = image_size + 2 * self.MARGIN
+        centres = (4 * torch.arange(out, dtype=torch.float32) + 16.5 + self.MARGIN) / padded * 2 - 1
+        grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
+        self.register_buffer("grid", torch.stack([grid_x, grid_y], -1)[None], persistent=False)
+        with torch.no_grad():
+            channels = self.backbone.patch_features(torch.zeros(1, 3, 64, 64), self.layers).shape[1]
+        self.out_channels = min(channels, TEACHER_CHANNELS)
+        # Identity unless there are more channels than 384; then fit_projection sets a PCA.
+        self.register_buffer("offset", torch.zeros(channels))
+        self.register_buffer("projection", torch.eye(channels)[:, : self.out_channels].contiguous())
+
+    def patch_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, [self.MARGIN] * 4, mode="reflect")
+        if self.scale != 1:
+            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        features = self.backbone.patch_features(x, self.layers)
+        return F.grid_sample(features, self.grid.expand(len(x), -1, -1, -1).to(features.dtype), mode="bilinear",
+                             align_corners=False)
+
+    def fit_projection(self, batches, seed: int) -> None:
+        """PCA of the training images' patch features, when they have more than 384 channels."""
+        if self.projection.shape[0] == self.out_channels:
+            return
+        with torch.no_grad():
+            vectors = torch.cat([self.patch_features(x).permute(0, 2, 3, 1).flatten(0, 2) for x in batches])
+        self.offset, self.projection = pca_projection(vectors, self.out_channels, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.patch_features(x).permute(0, 2, 3, 1)
+        return ((features - self.offset) @ self.projection).permute(0, 3, 1, 2)
+
+    def learnt_state(self) -> dict[str, torch.Tensor]:
+        return {"offset": self.offset, "projection": self.projection}
+
+
+RANDOM_TEACHER = "random"
+MAP_PADDINGS = ("minimum", "zero")
+
+
+def teacher_kind(teacher: str) -> str:
+    """"random", "features" (a backbone's name) or "file" (a pretrained PDN teacher)."""
+    if teacher == RANDOM_TEACHER:
+        return "random"
+    if teacher in BACKBONES:
+        return "features"
+    if Path(teacher).is_file():
+        return "file"
+    raise ImpellerBenchError(f"teacher {teacher!r} is neither {RANDOM_TEACHER!r}, a backbone ({', '.join(BACKBONES)}) "
+                             "nor an existing teacher file")
+
+
 class AutoEncoder(nn.Module):
-    def __init__(self, image_size: int = 256, decoder: str = "bilinear", dropout: float = 0.2):
+    def __init__(self, image_size: int = 256, decoder: str = "bilinear", dropout: float = 0.2,
+                 out_channels: int = TEACHER_CHANNELS):
         super().__init__()
         if image_size % 32:
             raise ImpellerBenchError(f"image size {image_size} must be a multiple of 32")
@@ -103,9 +206,9 @@ class AutoEncoder(nn.Module):
         layers.append(nn.Conv2d(LATENT_CHANNELS, LATENT_CHANNELS, image_size // 32))  # -> 1 x 1
         self.encoder = nn.Sequential(*layers)
         if decoder == "bilinear":
-            self.decoder = BilinearDecoder(image_size, self.out_size, dropout)
+            self.decoder = BilinearDecoder(image_size, self.out_size, dropout, out_channels)
         elif decoder == "transposed":
-            self.decoder = TransposedDecoder(self.out_size, dropout)
+            self.decoder = TransposedDecoder(self.out_size, dropout, out_channels)
         else:
             raise ImpellerBenchError(f"unknown decoder {decoder!r} (bilinear or transposed)")
 
@@ -118,7 +221,7 @@ class BilinearDecoder(nn.Module):
 
     SIZES_AT_256 = (3, 8, 15, 32, 63, 127)
 
-    def __init__(self, image_size: int, out_size: int, dropout: float):
+    def __init__(self, image_size: int, out_size: int, dropout: float, out_channels: int = TEACHER_CHANNELS):
         super().__init__()
         self.sizes = [max(1, round(s * image_size / 256)) for s in self.SIZES_AT_256]
         self.out_size = out_size
@@ -126,7 +229,7 @@ class BilinearDecoder(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.tail = nn.Sequential(
             nn.Conv2d(LATENT_CHANNELS, LATENT_CHANNELS, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(LATENT_CHANNELS, TEACHER_CHANNELS, 3, padding=1),
+            nn.Conv2d(LATENT_CHANNELS, out_channels, 3, padding=1),
         )
 
     def forward(self, z):
@@ -138,7 +241,7 @@ class BilinearDecoder(nn.Module):
 class TransposedDecoder(nn.Module):
     """Ours: learnable upsampling mirroring the encoder (see the module docstring for the arithmetic)."""
 
-    def __init__(self, out_size: int, dropout: float = 0.0):
+    def __init__(self, out_size: int, dropout: float = 0.0, out_channels: int = TEACHER_CHANNELS):
         super().__init__()
         if out_size % 8:
             raise ImpellerBenchError(f"teacher output size {out_size} is not divisible by 8")
@@ -152,7 +255,7 @@ class TransposedDecoder(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.tail = nn.Sequential(
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c, TEACHER_CHANNELS, 3, padding=1),
+            nn.Conv2d(c, out_channels, 3, padding=1),
         )
 
     def forward(self, z):
@@ -164,6 +267,7 @@ class EfficientADConfig:
     decoder: str = "bilinear"
     dropout: float = 0.2
     pdn: str = "small"
+    student_width: float = 1.0  # hidden channels of the student relative to the published PDN
     image_size: int = 256
     steps: int = 1000
     batch_size: int = 4
@@ -171,9 +275,25 @@ class EfficientADConfig:
     weight_decay: float = 1e-5
     hard_quantile: float = 0.999
     validation_fraction: float = 0.1
-    teacher_weights: str | None = None  # None: a seeded random teacher, labelled as such
-    # Training arithmetic: "float32" (published), or "bfloat16" mixed precision (weights, loss and scoring stay
-    # float32), or "auto" = bfloat16 where the hardware runs it natively (CUDA, or a CPU with bf16 units), else float32.
+    # A backbone's name (a frozen ImageNet feature teacher, offline), a pretrained PDN teacher file, or "random".
+    teacher: str = "efficientnet_lite0"
+    teacher_layers: list[str] | None = None  # feature teacher only; None: the backbone's middle layers
+    teacher_scale: float = 1.0  # feature teacher only: the backbone sees the input enlarged by this factor
+    # "minimum": the 4-pixel frame around the map takes each map's minimum (ranks as normal);
+    # "zero": the published zero padding after normalisation (most normalised values are negative: a bright frame).
+    map_padding: str = "minimum"
+    # True: the input is mirrored outwards by 16 pixels per side first, so the maps cover the whole image at the
+    # PDN's stride and need no frame (image_size + 32 must then be a multiple of 32).
+    cover_border: bool = False
+    # 0: the published loop (a fresh augmentation and a teacher pass per step, two student passes). N > 0: the
+    # teacher's outputs on N colour-augmented views per training image (the first unaugmented) are computed once
+    # and each step trains one student pass on a batch of views against them (the CPU profile's economy).
+    cached_views: int = 0
+    # Cached views only: each augmented view is also turned by a random multiple of 90 degrees and maybe mirrored
+    # (for parts photographed in any orientation, as impellers are; more normal appearance from few photos).
+    turn_views: bool = False
+    # Training arithmetic: "float32" (published), "bfloat16" mixed precision (weights, loss and scoring stay
+    # float32), or "auto": whichever of the two trains faster on this device, measured once per process.
     precision: str = "float32"
     seed: int = 0
 
@@ -195,15 +315,50 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (reference + factor * (x - reference)).clamp(0, 1)
 
 
+_FASTEST_PRECISION: dict[str, str] = {}
+
+
+def fastest_precision(device: torch.device) -> str:
+    """float32 or bfloat16, whichever runs a small PDN training step faster here (measured once per process).
+
+    Support is not speed: a CPU with avx512_bf16 but no AMX runs bfloat16 convolutions slower than float32."""
+    key = str(device)
+    if key not in _FASTEST_PRECISION:
+        import time
+
+        model = pdn(64, "small").to(device)
+        x = torch.rand(2, 3, 64, 64, device=device)
+        seconds = {}
+        for precision in ("float32", "bfloat16"):
+            layout = torch.channels_last if precision == "bfloat16" else torch.contiguous_format
+            model.to(memory_format=layout)
+            timings = []
+            for _ in range(4):
+                started = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                    loss = model(x.contiguous(memory_format=layout)).float().square().mean()
+                loss.backward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                timings.append(time.perf_counter() - started)
+            seconds[precision] = min(timings[1:])
+        _FASTEST_PRECISION[key] = "bfloat16" if seconds["bfloat16"] < 0.8 * seconds["float32"] else "float32"
+    return _FASTEST_PRECISION[key]
+
+
 @register("efficientad")
 class EfficientAD(Detector):
     config_class = EfficientADConfig
-    # "quick" is the CPU default: 128 x 128 inputs, batches of 4, bfloat16 mixed precision where the hardware
-    # has it (3.3x faster per step on a 2-core CPU with AMX), and a step count that keeps `run ours` on the
-    # built-in data under 3 minutes.
+    # "quick" is the CPU default, chosen from the quality-against-time curve of benchmarks/efficientad_budget.py
+    # (figures in the README's EfficientAD section): the frozen EfficientNet-Lite0 feature teacher seeing the image at twice
+    # the size, 128 x 128 inputs mirrored to cover the border, a half-width student, teacher outputs cached on
+    # eight views per image (colour-augmented, turned and mirrored), one student pass per step, lr 1e-3 and the
+    # top 10% as hard features (for a short schedule), and bfloat16 where it measures faster.
     profiles = {
         "paper": {"steps": 70_000, "batch_size": 1, "image_size": 256, "precision": "float32"},
-        "quick": {"steps": 400, "batch_size": 4, "image_size": 128, "precision": "auto"},
+        "quick": {"steps": 500, "batch_size": 4, "image_size": 128, "precision": "auto", "lr": 1e-3,
+                  "hard_quantile": 0.9, "teacher_scale": 2.0, "cover_border": True, "student_width": 0.5,
+                  "cached_views": 8, "turn_views": True},
     }
 
     def __init__(self, config, name, device=None):
@@ -211,29 +366,39 @@ class EfficientAD(Detector):
         c = config
         if c.precision not in ("float32", "bfloat16", "auto"):
             raise ImpellerBenchError(f"unknown precision {c.precision!r} (float32, bfloat16 or auto)")
+        if c.map_padding not in MAP_PADDINGS:
+            raise ImpellerBenchError(f"unknown map padding {c.map_padding!r} ({' or '.join(MAP_PADDINGS)})")
+        self.teacher_kind = teacher_kind(c.teacher)
         torch.manual_seed(c.seed)
-        self.teacher = pdn(TEACHER_CHANNELS, c.pdn)
-        self.student = pdn(2 * TEACHER_CHANNELS, c.pdn)
-        self.autoencoder = AutoEncoder(c.image_size, c.decoder, c.dropout)
-        if c.teacher_weights:
-            self.teacher.load_state_dict(teacher_state_from_file(c.teacher_weights, c.pdn))
+        self.input_size = c.image_size + (2 * PDN_BORDER if c.cover_border else 0)
+        if self.teacher_kind == "features":
+            self.teacher = FeatureTeacher(c.teacher, self.input_size, c.teacher_layers, c.teacher_scale)
+            channels = self.teacher.out_channels
+        else:
+            if c.teacher_layers:  # (teacher_scale, a profile's setting, simply has nothing to scale here)
+                raise ImpellerBenchError("teacher_layers applies to a backbone feature teacher only")
+            self.teacher, channels = pdn(TEACHER_CHANNELS, c.pdn), TEACHER_CHANNELS
+            if self.teacher_kind == "file":
+                c.teacher = str(Path(c.teacher).resolve())  # a saved detector finds it from any folder
+                try:
+                    self.teacher.load_state_dict(teacher_state_from_file(c.teacher, c.pdn))
+                except RuntimeError as exc:
+                    raise ImpellerBenchError(f"not a {c.pdn} PDN teacher: {str(exc).splitlines()[0]}", c.teacher) from exc
+        if c.turn_views and not c.cached_views:
+            raise ImpellerBenchError("turn_views applies to cached views only (cached_views > 0)")
+        self.channels = channels
+        self.student = pdn(2 * channels, c.pdn, c.student_width)
+        self.autoencoder = AutoEncoder(self.input_size, c.decoder, c.dropout, channels)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.buffers = {name: torch.zeros(shape) for name, shape in (
-            ("teacher_mean", (1, TEACHER_CHANNELS, 1, 1)), ("teacher_std", (1, TEACHER_CHANNELS, 1, 1)),
-            ("quantiles", (4,)))}
+            ("teacher_mean", (1, channels, 1, 1)), ("teacher_std", (1, channels, 1, 1)), ("quantiles", (4,)))}
         self._to_device()
 
     @property
     def training_precision(self) -> str:
-        """The configured precision, with "auto" resolved for this device."""
-        precision = self.config.precision
-        if precision != "auto":
-            return precision
-        if self.device.type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        native = self.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return "bfloat16" if native else "float32"
+        """The configured precision, with "auto" resolved by measurement on this device."""
+        return self.config.precision if self.config.precision != "auto" else fastest_precision(self.device)
 
     def _to_device(self):
         for module in (self.teacher, self.student, self.autoencoder):
@@ -243,8 +408,9 @@ class EfficientAD(Detector):
     # ----------------------------------------------------------------- data
 
     def _batch01(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 images -> float [0, 1] at the model's size, on the CPU (moved per batch)."""
-        return images01(images, self.config.image_size)
+        """uint8 images -> float [0, 1] at the model's size (mirrored borders added), on the CPU."""
+        batch = images01(images, self.config.image_size)
+        return F.pad(batch, [PDN_BORDER] * 4, mode="reflect") if self.config.cover_border else batch
 
     def _teacher(self, x01: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -261,9 +427,13 @@ class EfficientAD(Detector):
         order = torch.randperm(len(data), generator=generator)
         n_val = max(1, int(round(c.validation_fraction * len(data))))
         validation, train = data[order[:n_val]], data[order[n_val:]]
+        self.teacher.eval()
+        if self.teacher_kind == "features":
+            self.teacher.fit_projection((normalise(chunk.to(self.device)) for chunk in train.split(8)), c.seed)
         # The teacher is frozen and sees the unaugmented images in the student loss: its outputs are computed once.
         train_targets = self._fit_teacher_statistics(train)
-        self.teacher.eval()
+        if c.cached_views:
+            train, train_targets = self._cached_views(train, train_targets, generator, progress)
         self.student.train()
         self.autoencoder.train()
         parameters = list(self.student.parameters()) + list(self.autoencoder.parameters())
@@ -279,8 +449,13 @@ class EfficientAD(Detector):
             meter.tick()
             pick = torch.randint(len(train), (c.batch_size,), generator=generator)
             x = train[pick].to(self.device).contiguous(memory_format=layout)
+            target = train_targets[pick].to(self.device).float()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bfloat16):
-                loss = self._loss(x, train_targets[pick].to(self.device), _augment(x, generator))
+                if c.cached_views:
+                    loss = self._loss(x, target, x, target)
+                else:
+                    x_aug = _augment(x, generator)
+                    loss = self._loss(x, target, x_aug, self._teacher(x_aug).float())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -307,16 +482,35 @@ class EfficientAD(Detector):
         self.buffers["teacher_mean"], self.buffers["teacher_std"] = mean.to(self.device), std.to(self.device)
         return (stacked - mean) / std
 
-    def _loss(self, x: torch.Tensor, target: torch.Tensor, x_aug: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        student = self.student(normalise(x))[:, :TEACHER_CHANNELS].float()
-        distance = (target - student) ** 2
-        hard = distance[distance >= torch.quantile(distance.flatten()[: 2 ** 24], c.hard_quantile)]
-        loss_st = hard.mean()
-        target_aug = self._teacher(x_aug).float()
-        ae = self.autoencoder(normalise(x_aug)).float()
-        student_ae = self.student(normalise(x_aug))[:, TEACHER_CHANNELS:].float()
-        return loss_st + ((target_aug - ae) ** 2).mean() + ((ae - student_ae) ** 2).mean()
+    def _cached_views(self, train: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, progress=None):
+        """Each training image and ``cached_views - 1`` augmented copies, with the teacher's outputs on them."""
+        views, view_targets = [train], [targets.bfloat16()]
+        extra = range(self.config.cached_views - 1)
+        for _ in (progress(extra, "teacher on augmented views") if progress else extra):
+            augmented = torch.cat([self._turn(_augment(chunk, generator), generator) for chunk in train.split(1)])
+            views.append(augmented)
+            view_targets.append(torch.cat([self._teacher(chunk.to(self.device)).cpu().bfloat16()
+                                           for chunk in augmented.split(8)]))
+        return torch.cat(views), torch.cat(view_targets)
+
+    def _turn(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self.config.turn_views:
+            return x
+        turns, mirror = (int(v) for v in torch.randint(4, (2,), generator=generator))
+        x = torch.rot90(x, turns, dims=(2, 3))
+        return x.flip(3) if mirror % 2 else x
+
+    def _loss(self, x: torch.Tensor, target: torch.Tensor, x_ae: torch.Tensor, target_ae: torch.Tensor) -> torch.Tensor:
+        """Hard-feature student loss on x, autoencoder and student-autoencoder losses on x_ae (one student pass
+        when x_ae is x)."""
+        c, channels = self.config, self.channels
+        out = self.student(normalise(x))
+        distance = ((target - out[:, :channels].float()) ** 2).flatten()
+        # The hard-feature loss: the distances at or above their hard_quantile (top-k: a sort costs 6x more).
+        hard = torch.topk(distance, max(1, round((1 - c.hard_quantile) * distance.numel())), sorted=False).values
+        ae = self.autoencoder(normalise(x_ae)).float()
+        student_ae = (out if x_ae is x else self.student(normalise(x_ae)))[:, channels:].float()
+        return hard.mean() + ((target_ae - ae) ** 2).mean() + ((ae - student_ae) ** 2).mean()
 
     # ----------------------------------------------------------------- scoring
 
@@ -326,8 +520,8 @@ class EfficientAD(Detector):
             target = self._teacher(x01)
             student = self.student(x)
             ae = self.autoencoder(x)
-            local = ((target - student[:, :TEACHER_CHANNELS]) ** 2).mean(dim=1, keepdim=True)
-            global_ = ((ae - student[:, TEACHER_CHANNELS:]) ** 2).mean(dim=1, keepdim=True)
+            local = ((target - student[:, : self.channels]) ** 2).mean(dim=1, keepdim=True)
+            global_ = ((ae - student[:, self.channels:]) ** 2).mean(dim=1, keepdim=True)
         return local, global_
 
     def _fit_map_quantiles(self, validation: torch.Tensor) -> None:
@@ -344,16 +538,23 @@ class EfficientAD(Detector):
         self.require_fitted()
         height, width = np.asarray(images[0]).shape[:2]
         qa_l, qb_l, qa_g, qb_g = self.buffers["quantiles"]
-        maps = []
+        scores, maps = [], []
         for start in range(0, len(images), 8):
             x01 = self._batch01(images[start : start + 8]).to(self.device)
             local, global_ = self._raw_maps(x01)
             combined = 0.5 * (0.1 * (local - qa_l) / (qb_l - qa_l) + 0.1 * (global_ - qa_g) / (qb_g - qa_g))
-            combined = F.pad(combined, [MAP_PADDING] * 4)
+            if self.config.cover_border:
+                # Scored only where a patch holds no mirrored pixels (the published map's cells); mapped everywhere.
+                inner = PDN_BORDER // 4
+                scores.append(combined[..., inner:-inner, inner:-inner].amax(dim=(1, 2, 3)).cpu())
+            else:
+                frame = 0.0 if self.config.map_padding == "zero" else combined.amin(dim=(2, 3), keepdim=True)
+                combined = F.pad(combined - frame, [MAP_PADDING] * 4) + frame
             combined = F.interpolate(combined, size=(height, width), mode="bilinear", align_corners=False)
             maps.append(combined[:, 0].cpu())
         maps = torch.cat(maps).numpy()
-        return maps.reshape(len(maps), -1).max(axis=1), maps
+        scores = torch.cat(scores).numpy() if scores else maps.reshape(len(maps), -1).max(axis=1)
+        return scores, maps
 
     def prepare_untrained(self):
         self.buffers["teacher_mean"].zero_()
@@ -365,23 +566,44 @@ class EfficientAD(Detector):
 
     # ----------------------------------------------------------------- persistence
 
+    def _teacher_state(self) -> dict[str, torch.Tensor]:
+        """What a saved detector must hold of its teacher (a feature teacher's backbone is rebuilt from its name)."""
+        return self.teacher.learnt_state() if self.teacher_kind == "features" else self.teacher.state_dict()
+
     def state_dict(self):
-        state = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
+        state = {f"teacher.{k}": v for k, v in self._teacher_state().items()}
         state |= {f"student.{k}": v for k, v in self.student.state_dict().items()}
         state |= {f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items()}
         return state | {f"buffer.{k}": v for k, v in self.buffers.items()}
 
     def load_state_dict(self, state):
-        for prefix, module in (("teacher.", self.teacher), ("student.", self.student), ("autoencoder.", self.autoencoder)):
+        teacher = {k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")}
+        if self.teacher_kind == "features":
+            self.teacher.offset, self.teacher.projection = teacher["offset"], teacher["projection"]
+        else:
+            self.teacher.load_state_dict(teacher)
+        for prefix, module in (("student.", self.student), ("autoencoder.", self.autoencoder)):
             module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         self.buffers = {k[len("buffer."):]: v for k, v in state.items() if k.startswith("buffer.")}
         self._to_device()
         for module in (self.teacher, self.student, self.autoencoder):
             module.eval()
 
+    def teacher_label(self) -> str:
+        """How the teacher was made, in words, for meta.json and every table."""
+        c = self.config
+        if self.teacher_kind == "features":
+            return f"{c.teacher} features {'+'.join(self.teacher.layers)} (frozen, ImageNet)"
+        if self.teacher_kind == "file":
+            return f"pretrained PDN file {c.teacher}"
+        return f"random (seeded, untrained: seed {c.seed})"
+
     def describe(self):
+        weights = {"features": lambda: str(weights_path(self.config.teacher)), "file": lambda: self.config.teacher,
+                   "random": lambda: None}[self.teacher_kind]()
         return super().describe() | {
-            "teacher": self.config.teacher_weights or f"random (seeded, untrained: seed {self.config.seed})",
+            "teacher": self.teacher_label(),
+            "teacher_weights": weights,
             "penalty": "none (no penalty images given)",
             "training_precision": self.training_precision,
         }
