@@ -36,28 +36,25 @@ def main():
     """Dataset and benchmark toolkit for pixel-level anomaly detection on cast impellers."""
 
 
-def _size(ctx, param, value: str):
-    if value == "native":
-        return value
-    try:
-        size = int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: a number of pixels, or 'native'") from None
-    if size < 32:
-        raise click.BadParameter("at least 32 pixels")
-    return size
+def _number_or(word: str, unit: str, minimum: int, keyword_value):
+    """A click callback: an integer of at least ``minimum``, or ``word`` (returned as ``keyword_value``)."""
+
+    def parse(ctx, param, value: str):
+        if value.lower() == word:
+            return keyword_value
+        try:
+            number = int(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: a number of {unit}, or '{word}'") from None
+        if number < minimum:
+            raise click.BadParameter(f"{number}: at least {minimum}")
+        return number
+
+    return parse
 
 
-def _count(ctx, param, value: str) -> int | None:
-    if value.lower() == "all":
-        return None
-    try:
-        count = int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: a number of images, or 'all'") from None
-    if count < 0:
-        raise click.BadParameter(f"{count}: at least 0")
-    return count
+_size = _number_or("native", "pixels", 32, "native")
+_count = _number_or("all", "images", 0, None)
 
 
 # What --split takes from the split file: giving one of these beside it is a mistake worth saying.

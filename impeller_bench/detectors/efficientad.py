@@ -599,8 +599,8 @@ class EfficientAD(Detector):
         return f"random (seeded, untrained: seed {c.seed})"
 
     def describe(self):
-        weights = {"features": lambda: str(weights_path(self.config.teacher)), "file": lambda: self.config.teacher,
-                   "random": lambda: None}[self.teacher_kind]()
+        weights = str(weights_path(self.config.teacher)) if self.teacher_kind == "features" else (
+            self.config.teacher if self.teacher_kind == "file" else None)
         return super().describe() | {
             "teacher": self.teacher_label(),
             "teacher_weights": weights,
