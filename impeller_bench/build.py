@@ -26,13 +26,14 @@ from .data import FORMAT_VERSION, MANIFEST_NAME, manifest_bytes
 from .errors import ImpellerBenchError
 from .imageio import (
     area_average,
-    decode_image,
+    decode_gray,
     encode_png,
     read_gray,
     resize_area,
     resize_mask_area,
     sha256_bytes,
     staged_directory,
+    upright_file_bytes,
 )
 from .report import ERROR, Finding
 from .sources import DEFECT, GOOD, SourceRecord
@@ -399,9 +400,10 @@ def render(record: SourceRecord, sel: Selected, size: int | str) -> RenderedImag
     data = record.path.read_bytes()
     mask, foreground, touch = record.defect_mask, record.foreground_mask, record.class_masks
     if size == NATIVE:
-        image_bytes, suffix = data, record.path.suffix.lower()
+        image_bytes, png = upright_file_bytes(data, record.path)
+        suffix = png or record.path.suffix.lower()
     else:
-        gray = np.asarray(decode_image(data, record.path).convert("L"))
+        gray = decode_gray(data, record.path)
         image_bytes, suffix = encode_png(resize_area(gray, size)), ".png"
         mask = None if mask is None else resize_mask_area(mask, size)
         foreground = None if foreground is None else resize_mask_area(foreground, size)

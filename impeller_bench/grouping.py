@@ -114,7 +114,9 @@ def _ring_centre(smooth: np.ndarray) -> tuple[float, float]:
     """
     gy, gx = ndi.sobel(smooth, 0), ndi.sobel(smooth, 1)
     magnitude = np.hypot(gy, gx)
-    ys, xs = np.nonzero(magnitude >= np.percentile(magnitude, 90))
+    if not magnitude.any():  # a flat image has no rings: its middle
+        return (WORK_SIZE - 1) / 2, (WORK_SIZE - 1) / 2
+    ys, xs = np.nonzero((magnitude >= np.percentile(magnitude, 90)) & (magnitude > 0))
     uy, ux = gy[ys, xs] / magnitude[ys, xs], gx[ys, xs] / magnitude[ys, xs]
     steps = np.arange(-0.5 * WORK_SIZE, 0.5 * WORK_SIZE + 1)
     vy = np.rint(ys[:, None] + uy[:, None] * steps).astype(np.int64).ravel()
@@ -123,8 +125,9 @@ def _ring_centre(smooth: np.ndarray) -> tuple[float, float]:
     votes = np.bincount(vy[keep] * WORK_SIZE + vx[keep], minlength=WORK_SIZE * WORK_SIZE)
     votes = ndi.gaussian_filter(votes.reshape(WORK_SIZE, WORK_SIZE).astype(np.float32), 1.5)
     py, px = np.unravel_index(int(np.argmax(votes)), votes.shape)
-    window = votes[max(py - 3, 0) : py + 4, max(px - 3, 0) : px + 4]
-    wy, wx = np.mgrid[max(py - 3, 0) : py + 4, max(px - 3, 0) : px + 4]
+    top, bottom, left, right = max(py - 3, 0), min(py + 4, WORK_SIZE), max(px - 3, 0), min(px + 4, WORK_SIZE)
+    window = votes[top:bottom, left:right]  # clipped at the border, the grid with it
+    wy, wx = np.mgrid[top:bottom, left:right]
     weight = window - window.min()
     total = weight.sum() + 1e-12
     return float((wy * weight).sum() / total), float((wx * weight).sum() / total)

@@ -6,11 +6,10 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImpellerBenchError
 
@@ -29,38 +28,153 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def decode_image(data: bytes, path: str | Path) -> Image.Image:
-    """Decode fully (a truncated file fails here, not later), or raise naming the file."""
+# Pixel modes that are read, grouped by how. "I" counts as 16-bit grey only in a PNG (older Pillows
+# decode 16-bit grey PNGs so); elsewhere it is 32-bit or signed integer, whose brightness viewers disagree on.
+GREY_MODES = ("1", "L")
+COLOUR_MODES = ("P", "RGB")
+DEEP_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Modes with an alpha band -> the mode they read as once the (fully opaque) alpha is dropped.
+ALPHA_MODES = {"LA": "L", "PA": "RGB", "RGBA": "RGB"}
+READ_MODES = GREY_MODES + COLOUR_MODES + DEEP_GREY_MODES + tuple(ALPHA_MODES)
+REFUSED_MODES = {
+    "CMYK": "CMYK colour is not read: how it looks depends on a colour profile (save it as RGB or grey)",
+    "I": "32-bit or signed integer pixels are not read: viewers disagree on their brightness "
+         "(save it as 8- or 16-bit grey)",
+    "F": "floating-point pixels are not read: viewers disagree on their brightness (save it as 8- or 16-bit grey)",
+}
+
+
+def decode_upright(data: bytes, path: str | Path | None) -> Image.Image:
+    """The one picture of a file, fully decoded and turned upright, its pixels in the file's own mode.
+
+    A truncated or unidentifiable file fails here, not later. The EXIF
+    orientation (tags 1-8, in JPEG, PNG, WebP and TIFF files) is applied, as
+    viewers do, so a photo and a mask drawn on it as shown line up; other
+    values mean no turn. A file of several pictures (pages, animation frames)
+    is refused, as which one a viewer shows varies; only a JPEG's MPO extras
+    (previews, depth maps) are left aside, its first picture being the photo.
+    """
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        ImageOps.exif_transpose(image, in_place=True)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImpellerBenchError(f"unreadable or truncated image ({exc})", path) from exc
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":
+        raise ImpellerBenchError(f"holds {frames} pictures (pages or animation frames); expected one", path)
     return image
 
 
+def decode_image(data: bytes, path: str | Path) -> Image.Image:
+    """An image or mask file as a viewer shows it, or one error naming the file.
+
+    Upright (:func:`decode_upright`) and opaque (:func:`_drop_opaque_alpha`),
+    in mode "1", "L", "P", "RGB", or 16-bit grey (:data:`DEEP_GREY_MODES`,
+    or "I" from a PNG). CMYK, 32-bit integer, floating-point and other pixel
+    modes are refused (:data:`REFUSED_MODES`). Colour profiles are ignored:
+    pixels are read as sRGB.
+    """
+    image = decode_upright(data, path)
+    if image.mode not in READ_MODES and not _is_png_16bit_grey(image):
+        reason = REFUSED_MODES.get(image.mode, f"pixel mode {image.mode} is not read "
+                                               "(grey, 16-bit grey, palette and RGB are)")
+        raise ImpellerBenchError(reason, path)
+    return _drop_opaque_alpha(image, path)
+
+
+def _is_png_16bit_grey(image: Image.Image) -> bool:
+    return image.mode == "I" and image.format == "PNG"
+
+
+def _drop_opaque_alpha(image: Image.Image, path: str | Path) -> Image.Image:
+    """The image without its transparency, which must be fully opaque; any see-through pixel is refused.
+
+    Transparency is an alpha band, a palette's transparent entries or a PNG
+    colour key. A viewer shows a see-through pixel over a background of its
+    own (white, black, a checkerboard), so neither its grey level nor, in a
+    mask, its label is defined: refused rather than guessed.
+    """
+    if image.mode in ALPHA_MODES:
+        alpha, opaque_mode = image.getchannel("A"), ALPHA_MODES[image.mode]
+    elif "transparency" in image.info:
+        alpha, opaque_mode = image.convert("RGBA").getchannel("A"), image.mode
+    else:
+        return image
+    see_through = int(np.count_nonzero(np.asarray(alpha) < 255))
+    if see_through:
+        raise ImpellerBenchError(
+            f"{see_through} of {alpha.width * alpha.height} pixels are transparent or translucent: what a viewer "
+            "shows there depends on its background (save it without transparency)", path)
+    if opaque_mode != image.mode:
+        return image.convert(opaque_mode)
+    del image.info["transparency"]  # declared but used by no pixel
+    return image
+
+
+def image_pixels(image: Image.Image) -> np.ndarray:
+    """A decoded image's pixels (:func:`decode_image`): 2-D uint8 for grey, H x W x 3 uint8 RGB for colour.
+
+    Bilevel images read as 0/255 grey and palette images as RGB. 16-bit grey
+    is scaled by its full range (value >> 8: 65535 -> 255), as a viewer maps
+    it to the screen, not clipped at 255.
+    """
+    if image.mode in DEEP_GREY_MODES or _is_png_16bit_grey(image):
+        return (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+    return np.asarray(image.convert("L" if image.mode in GREY_MODES else "RGB"))
+
+
+def decode_gray(data: bytes, path: str | Path) -> np.ndarray:
+    """A photo's bytes as a 2-D uint8 array (colour to grey by ITU-R 601 luma; the casting photos are grey)."""
+    pixels = image_pixels(decode_image(data, path))
+    return pixels if pixels.ndim == 2 else np.asarray(Image.fromarray(pixels).convert("L"))
+
+
+ORIENTATION_TAG = 0x0112
+
+
+def upright_file_bytes(data: bytes, path: str | Path) -> tuple[bytes, str | None]:
+    """A photo file's bytes to copy as they are, unless an EXIF orientation turns it: then its upright
+    pixels as PNG (and the suffix ".png"), so that tools that ignore EXIF see what a viewer shows."""
+    image = decode_image(data, path)  # checks the file, whatever is returned
+    with Image.open(io.BytesIO(data)) as stored:
+        turned = stored.getexif().get(ORIENTATION_TAG, 1) in range(2, 9)
+    return (encode_png(image_pixels(image)), ".png") if turned else (data, None)
+
+
 def read_gray(path: str | Path) -> np.ndarray:
-    """A photo as a 2-D uint8 array. The casting photos are grey (R = G = B)."""
-    return np.asarray(decode_image(Path(path).read_bytes(), path).convert("L"))
+    """A photo as a 2-D uint8 array, as a viewer shows it (:func:`decode_gray`)."""
+    return decode_gray(Path(path).read_bytes(), path)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image as stored: 2-D uint8 for grey images, H x W x 3 uint8 otherwise."""
-    image = decode_image(Path(path).read_bytes(), path)
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    return np.asarray(image)
+    """An image as a viewer shows it (:func:`image_pixels`): 2-D uint8 for grey, H x W x 3 uint8 otherwise."""
+    return image_pixels(decode_image(Path(path).read_bytes(), path))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """A 0/255 mask PNG as a boolean array; anything else is an error naming the file."""
-    image = decode_image(Path(path).read_bytes(), path)
-    values = np.asarray(image.convert("L") if image.mode not in ("L", "1") else image)
-    if values.dtype == bool:
-        return values
+    """A binary mask as a boolean array (True: defect); anything else is one error naming the file.
+
+    Read as a viewer shows it (:func:`decode_image`: upright, opaque). A
+    bilevel ("1") mask's set pixels are defect. Any other mask is read as
+    8-bit grey and must hold only 0 (good) and 255 (defect): colour and
+    palette masks by their grey level; 16-bit masks clipped at 255, as they
+    always were (0 good, 255 and above defect, so 0/65535 and 0/255 both
+    read). A JPEG mask is lossy: it reads only where it decodes to exactly
+    0 and 255.
+    """
+    return mask_pixels(decode_image(Path(path).read_bytes(), path), path)
+
+
+def mask_pixels(image: Image.Image, path: str | Path) -> np.ndarray:
+    """The rule of :func:`read_mask` on a decoded mask."""
+    if image.mode == "1":
+        return np.asarray(image)
+    values = np.asarray(image if image.mode == "L" else image.convert("L"))
     if not np.isin(values, (0, 255)).all():
         found = np.unique(values)
-        raise ImpellerBenchError(f"mask is not binary: values {found[:8].tolist()} (expected 0 and 255)", path)
+        hint = " (JPEG is lossy: save masks as PNG)" if image.format in ("JPEG", "MPO") else ""
+        raise ImpellerBenchError(f"mask is not binary: values {found[:8].tolist()} (expected 0 and 255){hint}", path)
     return values == 255
 
 
@@ -108,19 +222,44 @@ def resize_mask_area(mask: np.ndarray, size: int) -> np.ndarray:
     return area_average(mask, size) >= 0.5 - 1e-9
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename over the target."""
+def _new_entry(folder: Path, prefix: str, suffix: str, create):
+    """``(path, create(path))`` for a fresh, unused name in ``folder``; ``create`` must fail if the path exists.
+
+    tempfile's mkstemp and mkdtemp would do, but they make files 0600 and folders 0700, and a file renamed into
+    place keeps that mode: outputs must get the mode any new file gets, what the user's umask leaves."""
+    for _ in range(100):
+        path = folder / f"{prefix}{os.urandom(6).hex()}{suffix}"
+        try:
+            return path, create(path)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path):
+    """A binary file open for writing that becomes ``path`` only if the block completes: a temporary file
+    in the same folder, renamed over the target (mode 0666 less the umask, as for any new file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, fd = _new_entry(path.parent, f".{path.name}.", ".tmp", lambda p: os.open(p, _NEW_FILE, 0o666))
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, then rename over the target."""
+    with atomic_file(path) as handle:
+        handle.write(data)
 
 
 @contextlib.contextmanager
@@ -134,11 +273,11 @@ def staged_directory(out: str | Path, overwrite: bool = False):
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ImpellerBenchError("output folder exists and is not empty (use --overwrite to replace it)", out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    stage, _ = _new_entry(out.parent, f".{out.name}.", ".partial", os.mkdir)  # 0777 less the umask
     try:
         yield stage
         if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            retired, _ = _new_entry(out.parent, f".{out.name}.", ".old", os.mkdir)
             os.replace(out, retired / "old")
             os.replace(stage, out)
             shutil.rmtree(retired, ignore_errors=True)

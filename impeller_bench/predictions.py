@@ -4,8 +4,9 @@ A predictions folder::
 
     scores.csv              columns image,score: the test image's id (as in the manifest,
                             e.g. test/defect/cast_def_0_1087) and its image score; higher = more anomalous
-    maps/<id>.npy           one 2-D float16 or float32 anomaly map per test image, any resolution
-                            (the evaluator resizes it to its mask's size: bilinear, half-pixel centres)
+    maps/<id>.npy           one 2-D anomaly map per test image, any resolution (the evaluator resizes it
+                            to its mask's size: bilinear, half-pixel centres), float16, float32, float64
+                            or integer, scored at its own precision (integers beyond 2**53 refused)
     meta.json               method, config, manifest_sha256 of the dataset, dataset path, latency (optional)
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from .errors import ImpellerBenchError
 from .imageio import staged_directory
+from .metrics import MetricInputError, working_dtype
 
 SCORES_NAME = "scores.csv"
 MAPS_NAME = "maps"
@@ -51,19 +53,22 @@ class Predictions:
         return {p.relative_to(maps).as_posix()[: -len(".npy")] for p in maps.rglob("*.npy")}
 
     def load_map(self, image_id: str) -> np.ndarray:
-        """The 2-D map of one image, as float32; refused if not 2-D, not a float array or not finite."""
+        """The 2-D map of one image at its own precision (float16 widened to float32, integers to float64);
+        refused if not 2-D, not a float or integer array, not finite, or not exactly representable."""
         path = self.map_path(image_id)
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ImpellerBenchError(f"cannot read map ({exc})", path) from exc
-        if array.ndim != 2:
-            raise ImpellerBenchError(f"map has shape {array.shape}; a 2-D array is required", path)
-        if array.dtype not in (np.float16, np.float32, np.float64):
-            raise ImpellerBenchError(f"map has dtype {array.dtype}; float16 or float32 is required", path)
+        if array.ndim != 2 or array.size == 0:
+            raise ImpellerBenchError(f"map has shape {array.shape}; a non-empty 2-D array is required", path)
+        try:
+            dtype = working_dtype([array])
+        except MetricInputError as exc:
+            raise ImpellerBenchError(f"map of dtype {array.dtype}: {exc}", path) from None
         if not np.isfinite(array).all():
             raise ImpellerBenchError(f"map holds {int((~np.isfinite(array)).sum())} NaN or infinite value(s)", path)
-        return array.astype(np.float32)
+        return array.astype(dtype, copy=False)
 
 
 def load_predictions(path: str | Path) -> Predictions:
@@ -106,7 +111,16 @@ def load_predictions(path: str | Path) -> Predictions:
 
 
 def check_against(predictions: Predictions, test_ids: list[str], manifest_sha256: str | None, need_maps: bool) -> None:
-    """One error for every way the predictions do not fit the test set."""
+    """One error for every way the predictions do not fit the test set, its cause first.
+
+    Predictions made on another dataset (meta.json's manifest sha256 is not
+    this dataset's) are refused for that alone: the ids they lack or add
+    follow from it, and listing them would bury the cause.
+    """
+    claimed = predictions.meta.get("manifest_sha256")
+    if manifest_sha256 is not None and claimed is not None and claimed != manifest_sha256:
+        raise ImpellerBenchError(f"predictions {predictions.root} were made on another dataset: meta.json gives "
+                                 f"manifest sha256 {claimed[:12]}..., this dataset's is {manifest_sha256[:12]}...")
     wanted = set(test_ids)
     problems = []
     missing_scores = [i for i in test_ids if i not in predictions.scores]
@@ -120,17 +134,14 @@ def check_against(predictions: Predictions, test_ids: list[str], manifest_sha256
     extra = sorted((set(predictions.scores) | map_ids) - wanted)
     if extra:
         problems.append(f"{len(extra)} prediction(s) for images not in the test set: {', '.join(extra[:20])}")
-    claimed = predictions.meta.get("manifest_sha256")
-    if manifest_sha256 is not None and claimed is not None and claimed != manifest_sha256:
-        problems.append(f"meta.json was made on a dataset with manifest sha256 {claimed[:12]}..., "
-                        f"this dataset's is {manifest_sha256[:12]}...")
     if problems:
         raise ImpellerBenchError("; ".join(problems), predictions.root)
 
 
 def write_predictions(out: str | Path, scores: dict[str, float], maps: dict[str, np.ndarray], meta: dict,
-                      dtype=np.float16, overwrite: bool = False) -> Path:
-    """Write a predictions folder atomically (float16 maps by default, compact enough for a repository)."""
+                      dtype=None, overwrite: bool = False) -> Path:
+    """Write a predictions folder atomically; maps keep their own type unless ``dtype`` asks for another
+    (float16, as submissions store them, rounds: ties may appear)."""
     out = Path(out)
     bad = [i for i, s in scores.items() if not math.isfinite(float(s))]
     if bad:
@@ -144,9 +155,9 @@ def write_predictions(out: str | Path, scores: dict[str, float], maps: dict[str,
                 raise ImpellerBenchError(f"map for {image_id} has shape {array.shape}; 2-D required")
             target = stage / MAPS_NAME / f"{safe_id(image_id, out)}.npy"
             target.parent.mkdir(parents=True, exist_ok=True)
-            stored = array.astype(dtype)
+            stored = array if dtype is None else array.astype(dtype)
             if not np.isfinite(stored).all():
-                raise ImpellerBenchError(f"map for {image_id} is not finite as {np.dtype(dtype).name} "
+                raise ImpellerBenchError(f"map for {image_id} is not finite as {stored.dtype.name} "
                                          "(NaN in the map, or values past float16's range: write float32)")
             np.save(target, stored)
         (stage / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

@@ -9,11 +9,16 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import detectors
 from .data import load_dataset
 from .errors import ImpellerBenchError
 from .evaluate import evaluate
+from .imageio import staged_directory
 from .predictions import load_predictions, write_predictions
+from .progress import no_progress
+from .validate import require_valid
 
 SYNTHETIC_DEFAULT = {"train_good": 40, "test_good": 20, "test_defect": 20, "size": 256, "seed": 0}
 
@@ -29,38 +34,66 @@ def default_dataset() -> Path:
     return target
 
 
+SCORING_CHUNK = 16  # images per score_images call: progress between calls; a multiple of the detectors' own batches
+
+
+def score_in_chunks(detector, images: list, progress=None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``detector.score_images`` over ``images`` a chunk at a time, so that long scoring reports progress."""
+    progress = progress or no_progress
+    scores, maps = [], []
+    for start in progress(range(0, len(images), SCORING_CHUNK), "scoring"):
+        chunk_scores, chunk_maps = detector.score_images(images[start:start + SCORING_CHUNK])
+        scores.append(np.asarray(chunk_scores))
+        maps.extend(chunk_maps)
+    return np.concatenate(scores), maps
+
+
 def run_method(method: str, dataset_dir=None, out=None, profile: str = "quick", steps: int | None = None,
-               seed: int = 0, device: str | None = None, overwrite: bool = False, progress=None, **options) -> dict:
-    """Fit, score, write the predictions folder and evaluate it; returns the evaluation (and where things went)."""
+               seed: int = 0, device: str | None = None, overwrite: bool = False, progress=None, say=None,
+               **options) -> dict:
+    """Fit, score, write the predictions folder and evaluate it; returns the evaluation (and where things went).
+
+    Whatever can be checked is checked before any training, cheapest first:
+    the method and profile, the output folder (refused if it exists, unless
+    ``overwrite``), the dataset (``validate``'s checks: :func:`.validate.require_valid`)
+    and the detector's options. ``say`` hears what the caller should tell the
+    user (that the synthetic default is used).
+    """
     profiles = detectors.detector_class(method).profiles
     if profile not in profiles:
         raise ImpellerBenchError(f"unknown profile {profile!r}; known: {', '.join(profiles)}")
     synthetic = dataset_dir is None
-    dataset_dir = Path(dataset_dir) if dataset_dir is not None else default_dataset()
-    dataset = load_dataset(dataset_dir)
     out = Path(out) if out is not None else Path("predictions") / method
-    config = profiles[profile] | {"seed": seed} | ({"steps": steps} if steps is not None else {}) | options
-    detector = detectors.create(method, device=device, **config)
+    # Claiming the output folder now refuses an existing one before training, not after it.
+    with staged_directory(out, overwrite=overwrite) as stage:
+        if synthetic and say is not None:
+            say("no dataset given: running on the built-in synthetic impellers")
+        dataset_dir = Path(dataset_dir) if dataset_dir is not None else default_dataset()
+        dataset = load_dataset(dataset_dir)
+        require_valid(dataset, progress)
+        config = profiles[profile] | {"seed": seed} | ({"steps": steps} if steps is not None else {}) | options
+        detector = detectors.create(method, device=device, **config)
 
-    train = [s.load_image() for s in dataset.train]
-    started = time.perf_counter()
-    detector.fit(train, progress)
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    scores, maps = detector.score_images([s.load_image() for s in dataset.test])
-    score_seconds = time.perf_counter() - started
+        train = [s.load_image() for s in dataset.train]
+        started = time.perf_counter()
+        detector.fit(train, progress)
+        fit_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        scores, maps = score_in_chunks(detector, [s.load_image() for s in dataset.test], progress)
+        score_seconds = time.perf_counter() - started
 
-    ids = [s.id for s in dataset.test]
-    meta = detector.describe() | {
-        "profile": profile,
-        "dataset": str(dataset_dir.resolve()),
-        "dataset_name": dataset.name,
-        "synthetic_default": synthetic,
-        "manifest_sha256": dataset.manifest_sha256,
-        "device": str(detector.device),
-        "fit_seconds": round(fit_seconds, 2),
-        "score_seconds_per_image": round(score_seconds / len(ids), 4),
-    }
-    write_predictions(out, dict(zip(ids, scores.tolist())), dict(zip(ids, maps)), meta, overwrite=overwrite)
-    result = evaluate(dataset, load_predictions(out))
-    return result | {"predictions": str(out), "synthetic_default": synthetic, "fit_seconds": fit_seconds}
+        ids = [s.id for s in dataset.test]
+        meta = detector.describe() | {
+            "profile": profile,
+            "dataset": str(dataset_dir.resolve()),
+            "dataset_name": dataset.name,
+            "synthetic_default": synthetic,
+            "manifest_sha256": dataset.manifest_sha256,
+            "device": str(detector.device),
+            "fit_seconds": round(fit_seconds, 2),
+            "score_seconds_per_image": round(score_seconds / len(ids), 4),
+        }
+        write_predictions(stage, dict(zip(ids, scores.tolist())), dict(zip(ids, maps)), meta)
+        result = evaluate(dataset, load_predictions(stage))
+    return result | {"predictions": str(out), "synthetic_default": synthetic, "fit_seconds": fit_seconds,
+                     "score_seconds_per_image": score_seconds / len(ids)}

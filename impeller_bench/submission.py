@@ -32,6 +32,7 @@ from .errors import ImpellerBenchError
 from .evaluate import evaluate
 from .imageio import atomic_write_bytes, sha256_file, staged_directory
 from .predictions import MAPS_NAME, META_NAME, SCORES_NAME, Predictions, load_predictions, write_predictions
+from .validate import require_valid
 
 SCHEMA_VERSION = 1
 SUBMISSION_FILE = "submission.json"
@@ -214,7 +215,8 @@ def published_split_sha256(annotations: Path, split: str) -> str:
 
 
 def load_published_dataset(data_root: Path, annotations: Path, split: str):
-    """The dataset ``data_root/<split>``, checked to be the published split byte for byte (its manifest)."""
+    """The dataset ``data_root/<split>``, checked to be the published split byte for byte (its manifest)
+    and to pass ``validate``'s checks (:func:`.validate.require_valid`): no entry is scored on a broken copy."""
     wanted = published_split_sha256(annotations, split)
     folder = data_root / split
     if not folder.is_dir():
@@ -224,6 +226,7 @@ def load_published_dataset(data_root: Path, annotations: Path, split: str):
     if dataset.manifest_sha256 != wanted:
         raise ImpellerBenchError(f"this is not the published {split}: manifest sha256 {str(dataset.manifest_sha256)[:12]}..., "
                                  f"published {wanted[:12]}... (rebuild it with build-split --split)", folder)
+    require_valid(dataset)
     return dataset
 
 
@@ -344,7 +347,7 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
     meta = _portable({k: v for k, v in run.meta.items() if k != "dataset"})
     meta["map_size"] = map_size
     with staged_directory(out, overwrite=overwrite) as stage:
-        predictions_dir = write_predictions(stage / PREDICTIONS_DIR, scores, maps, meta)
+        predictions_dir = write_predictions(stage / PREDICTIONS_DIR, scores, maps, meta, dtype=np.float16)
         result = evaluate(dataset, load_predictions(predictions_dir), bootstrap_samples, seed, progress)
         backbone = {"name": run.meta.get("backbone"), "weights": _portable(run.meta.get("backbone_weights"))}
         if backbone["name"] is None and run.meta.get("teacher"):  # the EfficientAD family: its teacher, named

@@ -2,9 +2,14 @@
 
 Errors make a folder unusable as it stands (unreadable images, masks missing,
 of the wrong size, not binary or empty on a defect image, masks on good
-images, checksums that do not match the manifest, source annotations that
-contradict themselves); warnings are worth a look (tiny defect regions,
-missing tags); notes are facts (byte-identical copies, reused file names).
+images, checksums that do not match the manifest, source files that are
+damaged); warnings are worth a look (tiny defect regions, missing tags, and
+in a source folder the annotation quirks build-split handles); notes are
+facts (byte-identical copies, reused file names).
+
+The dataset checks are one set: ``validate`` runs them, and every command
+that reads a dataset (evaluate, run, the leaderboard) refuses a dataset they
+find an error in (:func:`require_valid`).
 """
 from __future__ import annotations
 
@@ -13,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from .build import region_stats
-from .data import MANIFEST_NAME, load_dataset
+from .data import MANIFEST_NAME, Dataset, load_dataset
 from .errors import ImpellerBenchError
-from .imageio import decode_image, sha256_bytes
-from .report import ERROR, INFO, WARNING, Report
+from .imageio import decode_image, mask_pixels, sha256_bytes
+from .report import ERROR, INFO, WARNING, Finding, Report
 from .sources import detect_kind
 from .sources.supervisely import DEFAULT_MIN_REGION_AREA, tiny_region_findings
 from .progress import no_progress
@@ -51,16 +56,37 @@ def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, p
     return validate_source(path, kind, min_region_area, progress)
 
 
+# Source findings where the annotation's labels disagree (file name, tags, objects): the annotated
+# source's documented quirks. build-split settles each by leaving that image out of every split, so
+# they stop no build; damaged files (unreadable images, annotations or bitmaps) stay errors.
+HANDLED_BY_BUILD = frozenset({"name-contradicts-objects", "tag-contradicts-objects", "conflicting-tags"})
+
+
 def validate_source(path: Path, kind: str, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
+    """Everything found in a source folder, as build-split sees it.
+
+    Errors are what a build cannot use as it stands: damaged or missing files,
+    so the folder is not the source as published. A quirk of the annotations
+    themselves that build-split handles (``HANDLED_BY_BUILD``) is a warning
+    saying how, so a source with only such quirks validates (exit 0).
+    """
     from .build import scan
     from .sources import read_source
 
     options = {"min_region_area": min_region_area} if kind == "supervisely" else {}
     records, findings = read_source(kind, path, **options)
-    report = Report(list(findings))
+    report = Report([handled_by_build(f) for f in findings])
     _, scan_findings = scan(records, progress or no_progress, measure=False)
     report.extend(scan_findings)
     return report
+
+
+def handled_by_build(finding: Finding) -> Finding:
+    """A source error that build-split handles, as a warning that says how; any other finding unchanged."""
+    if finding.severity != ERROR or finding.code not in HANDLED_BY_BUILD:
+        return finding
+    return Finding(WARNING, finding.code, finding.path,
+                   f"{finding.message} (handled by build-split: the image is left out of every split)")
 
 
 def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
@@ -101,11 +127,11 @@ def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA,
             report.add(ERROR, "mask-size-mismatch", mask_rel,
                        f"mask is {mask_image.size[0]}x{mask_image.size[1]}, its image {rel} is {size[0]}x{size[1]}")
             continue
-        values = np.asarray(mask_image.convert("L"))
-        if not np.isin(values, (0, 255)).all():
-            report.add(ERROR, "mask-not-binary", mask_rel, f"mask values {np.unique(values)[:8].tolist()} (expected 0 and 255)")
+        try:
+            mask = mask_pixels(mask_image, mask_rel)
+        except ImpellerBenchError as exc:
+            report.add(ERROR, "mask-not-binary", mask_rel, str(exc).split(": ", 1)[-1])
             continue
-        mask = values == 255
         if not mask.any():
             report.add(ERROR, "empty-mask", mask_rel, "mask of a defect image has no defect pixel")
             continue
@@ -131,6 +157,52 @@ def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA,
     return report
 
 
+# A refusal names this many errors and counts the rest (validate lists them all).
+ERRORS_NAMED = 3
+# Errors found per dataset state: run, compare and the leaderboard reach the check more than once for one
+# dataset within a command, and each check reads every image; a few states are plenty to keep.
+_errors_by_state: dict[tuple, list[Finding]] = {}
+_STATES_KEPT = 8
+
+
+def require_valid(dataset: Dataset | str | Path, progress=None) -> None:
+    """Refuse a dataset in which ``validate`` finds an error: the rule of every command that reads one.
+
+    These are :func:`validate_dataset`'s checks (every image and mask read,
+    so an unreadable or truncated file is caught here, in seconds); the
+    shortcut audit, which takes minutes, is left to ``validate`` and
+    ``build-split``. Raises one line, cause first (:func:`refusal`).
+    """
+    root = Path(dataset.root if isinstance(dataset, Dataset) else dataset)
+    state = (root.resolve(), _files_state(root))
+    if state not in _errors_by_state:
+        if len(_errors_by_state) >= _STATES_KEPT:
+            _errors_by_state.clear()
+        _errors_by_state[state] = validate_dataset(root, progress=progress).errors
+    errors = _errors_by_state[state]
+    if errors:
+        raise ImpellerBenchError(refusal(root, errors))
+
+
+def _files_state(root: Path) -> tuple:
+    """Every file under ``root`` with its size, times and inode: any write, copy or replacement changes it."""
+    state = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            info = path.stat()
+            state.append((path.relative_to(root).as_posix(), info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
+    return tuple(state)
+
+
+def refusal(root: Path, errors: list[Finding]) -> str:
+    """The one line a dataset with errors gets: that it fails validation first, then the first few errors."""
+    count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
+    listed = "; ".join(f"{f.path}: {f.code} ({f.message})" for f in errors[:ERRORS_NAMED])
+    rest = len(errors) - ERRORS_NAMED
+    more = f"; and {rest} more (impeller-bench validate {root} lists them all)" if rest > 0 else ""
+    return f"dataset {root} fails validation: {count}: {listed}{more}"
+
+
 def audit_findings(root: Path, progress=None) -> tuple[list, dict | None]:
     """The shortcut audit of a dataset as findings, and its full result (None when it cannot run).
 
@@ -139,7 +211,6 @@ def audit_findings(root: Path, progress=None) -> tuple[list, dict | None]:
     when it fails.
     """
     from .audit import audit_dataset, separability_line, source_mix_line
-    from .report import Finding
 
     dataset = load_dataset(root)
     if not dataset.train or not any(s.is_defect for s in dataset.test) or all(s.is_defect for s in dataset.test):

@@ -24,6 +24,25 @@ needs_shared_data = pytest.mark.skipif(
 )
 
 
+# The thread count the trained-detector tests' bars were measured with (a 2-core CPU).
+TORCH_THREADS = 2
+
+
+@pytest.fixture(scope="module")
+def fixed_torch_threads():
+    """One torch thread count for a module's trained detectors on every machine, restored after.
+
+    A float32 sum split over another number of threads adds in another order; a short training is chaotic
+    enough that this ends in another model. Modules that train take it with
+    ``pytestmark = pytest.mark.usefixtures("fixed_torch_threads")`` (set up before their module fixtures)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    yield TORCH_THREADS
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not HAVE_DATA:

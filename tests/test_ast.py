@@ -10,7 +10,10 @@ from impeller_bench.errors import ImpellerBenchError
 
 SIZE = 256
 # A small student and few steps keep this quick; measured on this set: pixel AUROC 0.956.
-OPTIONS = {"image_size": SIZE, "steps": 100, "student_hidden": 64, "seed": 1}
+OPTIONS = {"image_size": SIZE, "steps": 100, "student_hidden": 64, "seed": 1, "device": "cpu"}
+
+# Same model on every machine: CPU, float32, a fixed thread count (conftest.fixed_torch_threads).
+pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def test_contract_shapes_determinism_save_load(fitted, impellers, tmp_path):
     again = detectors.create("ast", **OPTIONS).fit(impellers[0]).score_images(impellers[1])
     np.testing.assert_array_equal(again[0], scores)
     detector.save(tmp_path / "ast.pt")
-    loaded = detectors.load(tmp_path / "ast.pt").score_images(impellers[1])
+    loaded = detectors.load(tmp_path / "ast.pt", device="cpu").score_images(impellers[1])
     np.testing.assert_array_equal(loaded[0], scores)
     np.testing.assert_array_equal(loaded[1], maps)
 

@@ -14,6 +14,9 @@ from impeller_bench.errors import ImpellerBenchError
 CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
 
+# The same logits on every machine: a fixed thread count (conftest.fixed_torch_threads).
+pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
+
 
 @pytest.fixture(scope="module")
 def lite0():

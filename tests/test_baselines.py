@@ -12,10 +12,14 @@ from impeller_bench.errors import ImpellerBenchError
 
 BASELINES = ["patchcore", "padim", "spade"]
 # SPADE searches the pixels of its k nearest training images; 5 instead of 50 keeps these tests quick.
-OPTIONS = {"patchcore": {"seed": 1}, "padim": {"seed": 1}, "spade": {"seed": 1, "neighbours": 5}}
+OPTIONS = {"patchcore": {"seed": 1, "device": "cpu"}, "padim": {"seed": 1, "device": "cpu"},
+           "spade": {"seed": 1, "neighbours": 5, "device": "cpu"}}
 # Measured on this set (20 training images): image AUROC PatchCore 0.91, PaDiM 0.78, SPADE 0.51 (its pooled
 # global feature does not see small defects); pixel AUROC 0.98-0.998 for all three. A broken method scores ~0.5.
 IMAGE_AUROC_BAR = {"patchcore": 0.85, "padim": 0.7}
+
+# Same model on every machine: CPU, a fixed thread count (conftest.fixed_torch_threads).
+pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def test_same_seed_same_scores_and_save_load(fitted, impellers, tmp_path):
     np.testing.assert_array_equal(again_scores, scores)
     np.testing.assert_array_equal(again_maps, maps)
     detector.save(tmp_path / "model.pt")
-    loaded_scores, loaded_maps = detectors.load(tmp_path / "model.pt").score_images(test)
+    loaded_scores, loaded_maps = detectors.load(tmp_path / "model.pt", device="cpu").score_images(test)
     np.testing.assert_array_equal(loaded_scores, scores)
     np.testing.assert_array_equal(loaded_maps, maps)
 
@@ -132,3 +136,22 @@ def test_run_and_latency_commands_reach_the_baselines(synthetic_dataset, tmp_pat
     assert timed.exit_code == 0, timed.output
     figures = json.loads((tmp_path / "lat.json").read_text())
     assert [f["method"] for f in figures] == ["patchcore", "padim"] and all(f["median_ms"] > 0 for f in figures)
+
+
+def test_scoring_in_chunks_reports_progress_and_equals_one_call(fitted, impellers):
+    from impeller_bench.runner import SCORING_CHUNK, score_in_chunks
+
+    name, detector, scores, maps = fitted
+    _, test, _, _ = impellers
+    assert len(test) > SCORING_CHUNK  # more than one chunk
+    seen = []
+
+    def progress(items, label, status=None):
+        items = list(items)
+        seen.append((label, len(items)))
+        return items
+
+    chunked_scores, chunked_maps = score_in_chunks(detector, test, progress)
+    assert seen == [("scoring", -(-len(test) // SCORING_CHUNK))]
+    np.testing.assert_allclose(chunked_scores, scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(chunked_maps), maps, rtol=1e-5, atol=1e-5)

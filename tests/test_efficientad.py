@@ -7,6 +7,10 @@ from impeller_bench import detectors, synth
 from impeller_bench.detectors.efficientad import AutoEncoder, TransposedDecoder, pdn, teacher_size
 from impeller_bench.errors import ImpellerBenchError
 
+# Same model on every machine: CPU, precision float32 (never "auto", which picks bfloat16 where it measures
+# faster), a fixed thread count (conftest.fixed_torch_threads).
+pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
+
 
 @pytest.mark.parametrize("image_size", [64, 128, 256])
 @pytest.mark.parametrize("decoder", ["bilinear", "transposed"])
@@ -71,7 +75,7 @@ def synthetic_images(split, label, n, size=128, seed=0):
 
 @pytest.fixture(scope="module")
 def trained():
-    detector = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu")
+    detector = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu", precision="float32")
     return detector.fit(synthetic_images("train", "good", 6))
 
 
@@ -84,7 +88,7 @@ def test_scores_and_maps_have_the_input_shape_and_are_finite(trained):
 
 
 def test_same_seed_same_scores(trained):
-    again = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu")
+    again = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu", precision="float32")
     again.fit(synthetic_images("train", "good", 6))
     images = synthetic_images("test", "good", 2)
     np.testing.assert_array_equal(trained.score_images(images)[1], again.score_images(images)[1])
@@ -93,7 +97,7 @@ def test_same_seed_same_scores(trained):
 def test_save_load_gives_identical_scores(trained, tmp_path):
     path = tmp_path / "ours.pt"
     trained.save(path)
-    loaded = detectors.load(path)
+    loaded = detectors.load(path, device="cpu")
     images = synthetic_images("test", "defect", 2)
     np.testing.assert_array_equal(trained.score_images(images)[1], loaded.score_images(images)[1])
     assert loaded.describe()["teacher"].startswith("efficientnet_lite0 features")
@@ -109,7 +113,7 @@ def test_run_command_writes_predictions_that_evaluate(synthetic_dataset, tmp_pat
 
     out = tmp_path / "pred"
     result = CliRunner().invoke(main, ["run", "ours", "--dataset", str(synthetic_dataset), "--out", str(out),
-                                       "--steps", "2", "--device", "cpu"])
+                                       "--steps", "2", "--device", "cpu", "--precision", "float32"])
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
     assert meta["method"] == "ours" and meta["teacher"].startswith("efficientnet_lite0") and meta["config"]["steps"] == 2
@@ -182,7 +186,7 @@ def test_training_progress_reports_loss_and_speed():
             yield item
         seen.append((label, status()))
 
-    detector = detectors.create("ours", image_size=64, steps=3, batch_size=2, seed=0, device="cpu")
+    detector = detectors.create("ours", image_size=64, steps=3, batch_size=2, seed=0, device="cpu", precision="float32")
     detector.fit(synthetic_images("train", "good", 4, size=64), progress)
     (label, text), = seen
     assert label == "training" and f"loss {detector.last_loss:.3f}" in text and "steps/s" in text
@@ -221,7 +225,8 @@ def test_map_frame_ranks_as_normal_unless_the_published_padding_is_asked_for(tra
     maps = trained.score_images(images)[1]
     frame = np.concatenate([maps[:, :8].ravel(), maps[:, -8:].ravel(), maps[:, :, :8].ravel(), maps[:, :, -8:].ravel()])
     assert frame.max() <= maps[:, 40:-40, 40:-40].max() and np.isclose(frame.min(), maps.min())
-    published = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu", map_padding="zero")
+    published = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu", map_padding="zero",
+                                 precision="float32")
     published.load_state_dict(trained.state_dict())
     published.fitted = True
     maps_zero = published.score_images(images)[1]
@@ -233,7 +238,7 @@ def test_map_frame_ranks_as_normal_unless_the_published_padding_is_asked_for(tra
 
 def test_border_cover_maps_every_pixel_and_scores_only_whole_patches():
     detector = detectors.create("ours", image_size=64, steps=2, batch_size=2, seed=0, device="cpu", cover_border=True,
-                                cached_views=2)
+                                cached_views=2, precision="float32")
     detector.fit(synthetic_images("train", "good", 4, size=64))
     images = synthetic_images("test", "defect", 2, size=64)
     scores, maps = detector.score_images(images)
@@ -294,7 +299,7 @@ def test_the_quick_profile_detects_where_a_random_teacher_does_not(tmp_path):
 
 def test_feature_teacher_projects_wide_features_to_384_principal_channels():
     detector = detectors.create("ours", image_size=128, steps=1, batch_size=2, seed=0, device="cpu",
-                                teacher_layers=["stage3", "stage6", "stage7"])  # 40 + 192 + 320 channels
+                                teacher_layers=["stage3", "stage6", "stage7"], precision="float32")  # 40 + 192 + 320 channels
     detector.fit(synthetic_images("train", "good", 4, size=128))  # 3 x 24 x 24 feature vectors: rank 552
     projection = detector.teacher.projection
     assert projection.shape == (552, 384) and detector.channels == 384

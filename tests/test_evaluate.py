@@ -10,7 +10,7 @@ from impeller_bench import metrics
 from impeller_bench.cli import main
 from impeller_bench.data import load_dataset
 from impeller_bench.evaluate import compare, evaluate, resize_map
-from impeller_bench.imageio import encode_png
+from impeller_bench.imageio import encode_png, sha256_file
 from impeller_bench.predictions import load_predictions, write_predictions
 
 
@@ -117,10 +117,12 @@ def test_nan_scores_and_maps_are_refused(dataset, tmp_path):
     assert "NaN or infinite" in output and f"{dataset.test[2].id}.npy" in output
 
 
-def test_map_that_is_not_2d_is_refused(dataset, tmp_path):
+@pytest.mark.parametrize("shape", [(2, 8, 8), (0, 16), ()])
+def test_map_that_is_not_2d_or_empty_is_refused(dataset, tmp_path, shape):
     pred = noisy_predictions(dataset, tmp_path / "p")
-    np.save(pred / "maps" / f"{dataset.test[0].id}.npy", np.zeros((2, 8, 8), np.float32))
-    assert "a 2-D array is required" in refusal(dataset.root, pred)
+    np.save(pred / "maps" / f"{dataset.test[0].id}.npy", np.zeros(shape, np.float32))
+    output = refusal(dataset.root, pred)
+    assert "a non-empty 2-D array is required" in output and "Traceback" not in output
 
 
 def test_manifest_hash_mismatch_is_refused(dataset, tmp_path):
@@ -137,14 +139,17 @@ def test_unsafe_image_id_is_refused(dataset, tmp_path):
 
 @pytest.mark.parametrize("fill, message", [(False, "no defect region"), (True, "no normal pixel")])
 def test_test_set_without_defect_region_or_normal_pixel(dataset, tmp_path, fill, message):
+    """Datasets that validate passes (an empty mask on a defect image would not) yet cannot be scored per pixel."""
     root = tmp_path / "ds"
     shutil.copytree(dataset.root, root)
     manifest = json.loads((root / "manifest.json").read_text())
-    if fill:  # keep only defect images, with masks covering them whole
-        manifest["entries"] = [e for e in manifest["entries"] if e["split"] == "train" or e["label"] == "defect"]
+    kept = "defect" if fill else "good"  # only defect images, masks covering them whole; or only good images
+    manifest["entries"] = [e for e in manifest["entries"] if e["split"] == "train" or e["label"] == kept]
     for e in manifest["entries"]:
         if e["mask"]:
-            (root / e["mask"]).write_bytes(encode_png(np.full((128, 128), fill)))
+            (root / e["mask"]).write_bytes(encode_png(np.full((128, 128), True)))
+            e.update(mask_sha256=sha256_file(root / e["mask"]), region_count=1, defect_area=128 * 128,
+                     region_classes=e["region_classes"][:1])
     (root / "manifest.json").write_text(json.dumps(manifest))
     changed = load_dataset(root)
     pred = noisy_predictions(changed, tmp_path / "p")
@@ -236,3 +241,58 @@ def test_manifest_asks_for_the_group_bootstrap(dataset, tmp_path):
     result = evaluate(grouped, pred, bootstrap_samples=20, seed=1)
     assert result["bootstrap"]["unit"] == "photo group"
     assert evaluate(dataset, load_predictions(noisy_predictions(dataset, tmp_path / "q")), 5)["bootstrap"]["unit"] == "image"
+
+
+def offset_maps(dataset, scale=1):
+    """The field report's kind: 1e6 + small differences, which any rounding to float32 flattens."""
+    rng = np.random.default_rng(3)
+    maps = {}
+    for s in dataset.test:
+        mask = s.load_mask()
+        m = 1e6 + 0.02 * rng.random(mask.shape) + 0.01 * mask
+        maps[s.id] = m[::scale, ::scale]
+    return maps
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_float64_maps_are_evaluated_at_their_precision(dataset, tmp_path, scale):
+    maps = offset_maps(dataset, scale)
+    scores = {i: float(m.max()) for i, m in maps.items()}
+    pred = load_predictions(write_predictions(tmp_path / "p", scores, maps, {"method": "offset"}))
+    assert pred.load_map(dataset.test[0].id).dtype == np.float64
+    masks = [s.load_mask() for s in dataset.test]
+    exact = [resize_map(maps[s.id], s.load_mask().shape) for s in dataset.test]
+    assert all(m.dtype == np.float64 for m in exact)
+    result = evaluate(dataset, pred)["metrics"]
+    assert result["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(masks, exact), abs=1e-12)
+    assert result["pixel_auroc"] > 0.75  # rounded to float32 the maps were one constant: 0.5
+    rounded = [m.astype(np.float32) for m in exact]
+    assert metrics.pixel_auroc(masks, rounded) < 0.6
+
+
+def test_write_predictions_keeps_the_maps_type(dataset, tmp_path):
+    maps = offset_maps(dataset)
+    written = write_predictions(tmp_path / "p", {i: 1.0 for i in maps}, maps, {})
+    assert np.load(written / "maps" / f"{dataset.test[0].id}.npy").dtype == np.float64
+
+
+def test_integer_maps_past_float64_are_refused_naming_the_file(dataset, tmp_path):
+    maps = {s.id: np.full(s.load_mask().shape, 2 ** 60, np.int64) for s in dataset.test}
+    pred = load_predictions(write_predictions(tmp_path / "p", {i: 1.0 for i in maps}, maps, {}))
+    with pytest.raises(Exception, match=r"2\*\*53") as caught:
+        evaluate(dataset, pred)
+    assert "maps/" in str(caught.value)
+
+
+def test_running_out_of_memory_is_one_line(dataset, tmp_path, monkeypatch):
+    pred = noisy_predictions(dataset, tmp_path / "p")
+
+    def no_memory(*args, **kwargs):
+        return np.empty((2 ** 22, 2 ** 22))  # numpy's own out-of-memory error, raised before allocating
+
+    monkeypatch.setattr(metrics.PixelSet, "from_maps", no_memory)
+    result = CliRunner().invoke(main, ["evaluate", str(pred), "--dataset", str(dataset.root), "--bootstrap", "10"])
+    assert result.exit_code == 3
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith("error: out of memory in 'evaluate'")
+    assert "Traceback" not in result.output

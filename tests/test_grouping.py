@@ -56,3 +56,18 @@ def test_real_photo_matches_its_resampled_rotated_scaled_relit_variants(shared_d
         variant = variant.resize((300, 300), Image.BILINEAR)  # the other set's resolution
         relit = np.clip(np.asarray(variant).astype(float) * 0.85 + 12, 0, 255).astype(np.uint8)
         assert grouping.match_score(fp, grouping.fingerprint(relit)) >= grouping.DEFAULT_MATCH_THRESHOLD
+
+
+def test_ring_centre_at_the_border_and_flat_images_are_fingerprinted():
+    """Rings centred on the image's corner put the vote peak at the border (the window there is clipped);
+    a flat image has no edges at all. Both used to fail inside the fingerprint."""
+    size = grouping.WORK_SIZE
+    yy, xx = np.mgrid[:size, :size]
+    rings = np.sin(np.hypot(yy - (size - 1), xx - (size - 1)) / 3).astype(np.float32)
+    cy, cx = grouping._ring_centre(rings)
+    assert cy > size - 6 and cx > size - 6
+    with np.errstate(all="raise"):
+        assert grouping._ring_centre(np.zeros((size, size), np.float32)) == ((size - 1) / 2, (size - 1) / 2)
+    rng = np.random.default_rng(0)
+    for gray in (np.full((64, 64), 128, np.uint8), rng.integers(0, 256, (64, 64), dtype=np.uint8)):
+        assert np.isfinite(grouping.fingerprint(gray).descriptor).all()

@@ -178,11 +178,111 @@ def test_bad_inputs_are_refused(bad):
 def test_bootstrap_reweighting_equals_repeating_images():
     masks, maps = random_case(3, n_images=5)
     pixels = metrics.PixelSet.from_maps(masks, maps)
-    counts = metrics.NegativeCounts.for_pixels(pixels)
     weights = np.array([2, 0, 1, 3, 1])
     repeated = [k for k, w in enumerate(weights) for _ in range(w)]
     direct = metrics.PixelSet.from_maps([masks[k] for k in repeated], [maps[k] for k in repeated]).curve()
-    weighted = pixels.weighted_curve(weights, counts)
+    weighted = pixels.weighted_curve(weights)
+    as_floats = pixels.weighted_curve(weights.astype(float))  # the general path, beside the integer one
+    assert as_floats.auroc() == weighted.auroc() and as_floats.pro_auc() == weighted.pro_auc()
     assert weighted.auroc() == pytest.approx(direct.auroc(), abs=1e-12)
     assert weighted.f1_max().f1 == pytest.approx(direct.f1_max().f1, abs=1e-12)
     assert weighted.pro_auc() == pytest.approx(direct.pro_auc(), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- exact counting, precision, memory
+
+
+def rank_cases():
+    rng = np.random.default_rng(7)
+    yield "ties", np.round(rng.normal(size=300), 1), np.round(rng.normal(size=2000), 1)
+    crowded = np.r_[rng.normal(size=50), 1 + 1e-6 * rng.random(400)]  # 400 thresholds in one tiny cell
+    yield "crowded", crowded, np.r_[rng.normal(size=1000), 1 + 1e-6 * rng.random(1000)]
+    yield "signed zeros", np.array([-1.0, -0.0, 2.0]), np.array([0.0, -0.0, -1.0, 3.0, -5.0, 2.0])
+    yield "one threshold", np.array([0.5]), np.array([0.4, 0.5, 0.6, -1e30, 1e30])
+    yield "span past the float range", np.array([-3e38, 0.0, 3e38]), np.array([-3.4e38, -1.0, 0.0, 2e38, 3.4e38])
+    yield "values beyond the range", np.linspace(0, 1, 50), np.r_[np.linspace(-2, 3, 500), [np.inf, -np.inf]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,thresholds,values", list(rank_cases()), ids=[c[0] for c in rank_cases()])
+def test_rank_among_thresholds_is_exact(name, thresholds, values, dtype):
+    u = np.unique(thresholds.astype(dtype))
+    values = values.astype(dtype)
+    rank, tie = metrics.Thresholds(u).rank(values)
+    np.testing.assert_array_equal(rank, np.searchsorted(u, values, side="right"))
+    np.testing.assert_array_equal(tie, np.isin(values, u))
+
+
+def offset_case(seed=0):
+    """The field report: maps of 1e6 + small differences, which float32 turns into one constant."""
+    rng = np.random.default_rng(seed)
+    masks = [np.zeros((16, 16), bool) for _ in range(6)]
+    for m in masks[3:]:
+        y, x = rng.integers(0, 10, 2)
+        m[y:y + 5, x:x + 5] = True
+    maps = [1e6 + 0.02 * rng.random((16, 16)) + 0.01 * m for m in masks]
+    return masks, maps
+
+
+def test_float64_maps_are_scored_at_their_own_precision():
+    masks, maps = offset_case()
+    assert len(np.unique(np.concatenate([a.astype(np.float32).ravel() for a in maps]))) < 4  # what rounding did
+    labels = np.concatenate([m.ravel() for m in masks])
+    pooled = np.concatenate([a.ravel() for a in maps])
+    expected = brute_auroc(labels, pooled)
+    assert expected > 0.8
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
+    assert metrics.pro_auc(masks, maps) == pytest.approx(brute_pro(masks, maps, 0.3), abs=1e-12)
+
+
+def test_integer_maps_are_exact_and_huge_ones_refused():
+    masks, maps = random_case(2)
+    as_integers = [np.round(a * 5).astype(np.int64) for a in maps]
+    assert metrics.pixel_auroc(masks, as_integers) == pytest.approx(metrics.pixel_auroc(masks, maps), abs=1e-12)
+    with pytest.raises(MetricInputError, match="2\\*\\*53"):
+        metrics.pixel_auroc(masks, [a + 2 ** 60 for a in as_integers])
+    with pytest.raises(MetricInputError, match="complex"):
+        metrics.pixel_auroc(masks, [a.astype(np.complex64) for a in maps])
+
+
+def test_pixel_metrics_in_one_call_equal_the_three_functions():
+    masks, maps = random_case(5, n_images=6)
+    together = metrics.pixel_metrics(masks, maps, 0.3)
+    assert together["pixel_auroc"] == metrics.pixel_auroc(masks, maps)
+    assert together["pixel_pro"] == metrics.pro_auc(masks, maps, 0.3)
+    assert together["pixel_f1_max"] == metrics.pixel_f1_max(masks, maps)
+
+
+def traced_peak(function) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_bootstrap_memory_grows_linearly_in_the_pixels():
+    """Every pixel score distinct, so the positives' distinct scores grow with the images: a table of
+    images x thresholds (the former per-image counts) would grow 4x when the images double."""
+    rng = np.random.default_rng(0)
+
+    def case(n_images):
+        masks = [np.zeros((96, 96), bool) for _ in range(n_images)]
+        for m in masks[n_images // 4:]:
+            y, x = rng.integers(0, 60, 2)
+            m[y:y + 30, x:x + 30] = True
+        return masks, [rng.random((96, 96)).astype(np.float32) + 0.3 * m for m in masks]
+
+    def build_and_resample(masks, maps):
+        pixels = metrics.PixelSet.from_maps(masks, maps)
+        weights = np.random.default_rng(1).integers(0, 3, len(masks))
+        pixels.weighted_curve(weights).pro_auc()
+
+    small, large = case(16), case(32)
+    peak_small, peak_large = traced_peak(lambda: build_and_resample(*small)), traced_peak(lambda: build_and_resample(*large))
+    pixels_large = 32 * 96 * 96
+    assert peak_large / peak_small < 2.6, (peak_small, peak_large)
+    assert peak_large / pixels_large < 64, peak_large / pixels_large  # bytes per pixel, beside the maps themselves

@@ -19,7 +19,10 @@ from impeller_bench.detectors.patchsvdd import BigPatchEncoder, PatchSVDD
 from impeller_bench.errors import ImpellerBenchError
 
 SIZE = 192  # the least size the position task allows; 64 + 8 x 16 and 32 + 20 x 8: both grids fit exactly
-OPTIONS = {"image_size": SIZE, "batch_size": 8, "stride_small": 8, "seed": 2}
+OPTIONS = {"image_size": SIZE, "batch_size": 8, "stride_small": 8, "seed": 2, "device": "cpu"}
+
+# Same model on every machine: CPU, float32, a fixed thread count (conftest.fixed_torch_threads).
+pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def test_contract_shapes_save_load(fitted, impellers, tmp_path):
     assert scores.shape == (12,) and maps.shape == (12, SIZE, SIZE)
     assert np.isfinite(maps).all()
     detector.save(tmp_path / "svdd.pt")
-    loaded = detectors.load(tmp_path / "svdd.pt").score_images(impellers[1])
+    loaded = detectors.load(tmp_path / "svdd.pt", device="cpu").score_images(impellers[1])
     np.testing.assert_array_equal(loaded[0], scores)
     np.testing.assert_array_equal(loaded[1], maps)
 

@@ -54,10 +54,35 @@ def create(name: str, device: str | None = None, **config) -> "Detector":
 
 
 def pick_device(device: str | None) -> torch.device:
-    """The requested device, else CUDA when present, else the CPU."""
+    """The requested device (checked: ``parse_device``), else CUDA when present, else the CPU."""
     if device:
-        return torch.device(device)
+        return parse_device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can compute on: cpu, each CUDA device, Apple's mps where present."""
+    cuda = [f"cuda:{k}" for k in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return ["cpu"] + cuda + (["mps"] if torch.backends.mps.is_available() else [])
+
+
+def parse_device(text: str, name: str = "device") -> torch.device:
+    """``text`` (cpu, cuda, cuda:1, mps) as a device this machine has, or one line naming the ones it has.
+
+    Checked here, before any work: torch accepts 'cuda' on a machine without CUDA and fails only at the first
+    tensor moved there, deep in a traceback. ``name`` starts the message (the CLI passes '--device')."""
+    here = f"devices: {', '.join(available_devices())}"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ImpellerBenchError(f"{name} {text}: not a device name; {here}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ImpellerBenchError(f"{name} {text}: CUDA is not available here; {here}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ImpellerBenchError(f"{name} {text}: there is no CUDA device {device.index} here; {here}")
+    if device.type not in ("cpu", "cuda") and device.type not in available_devices():
+        raise ImpellerBenchError(f"{name} {text}: {device.type} is not available here; {here}")
+    return device
 
 
 class Detector(ABC):

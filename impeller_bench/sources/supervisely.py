@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage as ndi
 
 from ..errors import ImpellerBenchError
-from ..imageio import decode_image, is_image_file, sha256_bytes
+from ..imageio import decode_image, decode_upright, is_image_file, sha256_bytes
 from ..report import ERROR, INFO, WARNING, Finding
 from . import DEFECT, GOOD, SourceRecord
 
@@ -33,12 +31,14 @@ _LABEL_OF_TAG = {"good": GOOD, "bad": DEFECT}
 
 
 def decode_bitmap(data: str) -> np.ndarray:
-    """Boolean mask of one Supervisely bitmap (alpha channel, else the single channel)."""
+    """Boolean mask of one Supervisely bitmap (alpha channel, else the single channel).
+
+    Decoded as every image is (:func:`.imageio.decode_upright`), but its
+    transparency is kept: in this format the alpha is the mask.
+    """
     try:
-        png = zlib.decompress(base64.b64decode(data, validate=False))
-        image = Image.open(io.BytesIO(png))
-        image.load()
-    except (binascii.Error, zlib.error, OSError, ValueError) as exc:
+        image = decode_upright(zlib.decompress(base64.b64decode(data, validate=False)), None)
+    except (binascii.Error, zlib.error, ValueError, ImpellerBenchError) as exc:
         raise ValueError(f"bitmap cannot be decoded ({exc})") from exc
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         return np.asarray(image.convert("RGBA"))[..., 3] > 0
