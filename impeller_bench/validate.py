@@ -45,7 +45,7 @@ def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, p
             if result is not None:
                 report.details["shortcut_audit"] = result
         elif audit:
-            report.add(INFO, "shortcut-audit", MANIFEST_NAME, "shortcut audit not run: fix the errors above first")
+            report.add(INFO, "shortcut-audit", _whole_dataset(path), "shortcut audit not run: fix the errors above first")
         return report
     kind = detect_kind(path)
     if kind is None:
@@ -106,6 +106,8 @@ def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA,
         entry = entries.get(sample.id)
         rel = sample.image_path.relative_to(root).as_posix()
         referenced.add(sample.image_path)
+        if sample.mask_path is not None:  # its mask belongs to it even when the image itself is refused
+            referenced.add(sample.mask_path)
         image = _check_file(report, root, sample.image_path, entry and entry.get("sha256"), "image")
         if image is None:
             continue
@@ -118,7 +120,6 @@ def validate_dataset(root: Path, min_region_area: int = DEFAULT_MIN_REGION_AREA,
             if dataset.has_pixel_masks:
                 report.add(ERROR, "missing-mask", rel, "defect image has no mask")
             continue
-        referenced.add(sample.mask_path)
         mask_rel = sample.mask_path.relative_to(root).as_posix()
         mask_image = _check_file(report, root, sample.mask_path, entry and entry.get("mask_sha256"), "mask")
         if mask_image is None:
@@ -212,19 +213,23 @@ def audit_findings(root: Path, progress=None) -> tuple[list, dict | None]:
     """
     from .audit import audit_dataset, separability_line, source_mix_line
 
-    dataset = load_dataset(root)
+    dataset, where = load_dataset(root), _whole_dataset(root)
     if not dataset.train or not any(s.is_defect for s in dataset.test) or all(s.is_defect for s in dataset.test):
-        return [Finding(INFO, "shortcut-audit", MANIFEST_NAME,
+        return [Finding(INFO, "shortcut-audit", where,
                         "shortcut audit not run: the dataset needs train, test good and test defect images")], None
     result = audit_dataset(dataset, progress=progress or no_progress).to_dict()
     verdict = "PASS" if result["passed"] else "FAIL: a detector could pass this split without finding defects"
-    findings = [Finding(INFO if result["passed"] else ERROR, "shortcut-audit", MANIFEST_NAME, f"shortcut audit: {verdict}")]
+    findings = [Finding(INFO if result["passed"] else ERROR, "shortcut-audit", where, f"shortcut audit: {verdict}")]
     checks = [("shortcut-source-mix", result["source_mix"]["passed"], source_mix_line(result["source_mix"]))]
     checks += [("shortcut-separable", c["passed"], separability_line(c)) for c in result["separability"]]
     for code, passed, line in checks:
-        findings.append(Finding(INFO, "shortcut-check", MANIFEST_NAME, line) if passed
-                        else Finding(ERROR, code, MANIFEST_NAME, line))
+        findings.append(Finding(INFO, "shortcut-check", where, line) if passed else Finding(ERROR, code, where, line))
     return findings, result
+
+
+def _whole_dataset(root: Path) -> str:
+    """Where a finding about the whole dataset points: its manifest, or the folder itself when it has none."""
+    return MANIFEST_NAME if (Path(root) / MANIFEST_NAME).is_file() else "."
 
 
 def _check_file(report: Report, root: Path, path: Path, expected_sha256: str | None, what: str):

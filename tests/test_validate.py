@@ -110,3 +110,22 @@ def test_cli_exit_codes(dataset, tmp_path):
     not_a_dataset.mkdir()
     result = runner.invoke(main, ["validate", str(not_a_dataset)])
     assert result.exit_code == 2 and "not a dataset" in result.output
+
+
+def test_audit_findings_point_at_the_manifest_or_at_a_plain_folder(dataset):
+    """A plain MVTec folder has no manifest.json: the audit's findings must not name a file that is not there."""
+    with_manifest = [f.path for f in validate(dataset, audit=True).findings if f.code.startswith("shortcut-")]
+    assert set(with_manifest) == {"manifest.json"}
+    (dataset / "manifest.json").unlink()
+    shutil.rmtree(dataset / "test" / "defect")
+    shutil.rmtree(dataset / "ground_truth")
+    plain = [f for f in validate(dataset, audit=True).findings if f.code == "shortcut-audit"]
+    assert [f.path for f in plain] == ["."] and "not run" in plain[0].message
+
+
+def test_a_refused_defect_image_keeps_its_mask(dataset):
+    victim = first(dataset, "test/defect/*.png")
+    victim.write_bytes(victim.read_bytes()[:100])
+    report = validate(dataset, audit=False)
+    assert ("unreadable-image", victim.relative_to(dataset).as_posix()) in errors(report)
+    assert not [f for f in report.findings if f.code == "unlisted-file"]  # its mask is not an orphan
