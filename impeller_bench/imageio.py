@@ -136,10 +136,12 @@ ORIENTATION_TAG = 0x0112
 def upright_file_bytes(data: bytes, path: str | Path) -> tuple[bytes, str | None]:
     """A photo file's bytes to copy as they are, unless an EXIF orientation turns it: then its upright
     pixels as PNG (and the suffix ".png"), so that tools that ignore EXIF see what a viewer shows."""
-    image = decode_image(data, path)  # checks the file, whatever is returned
-    with Image.open(io.BytesIO(data)) as stored:
-        turned = stored.getexif().get(ORIENTATION_TAG, 1) in range(2, 9)
-    return (encode_png(image_pixels(image)), ".png") if turned else (data, None)
+    try:
+        with Image.open(io.BytesIO(data)) as stored:  # the header only: most files are copied undecoded
+            turned = stored.getexif().get(ORIENTATION_TAG, 1) in range(2, 9)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImpellerBenchError(f"unreadable or truncated image ({exc})", path) from exc
+    return (encode_png(image_pixels(decode_image(data, path))), ".png") if turned else (data, None)
 
 
 def read_gray(path: str | Path) -> np.ndarray:
