@@ -377,6 +377,8 @@ def load_state_dict(path: str | Path, expected_sha256: str | None = None) -> dic
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an untrusted or corrupt file: refuse it, whatever went wrong inside
         first_line = (str(exc).strip().splitlines() or [""])[0]
+        if first_line.startswith("Weights only load failed"):  # torch's text goes on to explain how to bypass it
+            first_line = "it holds objects other than tensors, which are never unpickled"
         raise ImpellerBenchError(f"not a loadable tensor checkpoint ({exc.__class__.__name__}: {first_line})", path) from exc
     if not isinstance(state, dict):
         raise ImpellerBenchError("checkpoint does not hold a state dict", path)

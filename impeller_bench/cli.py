@@ -239,54 +239,167 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
                f"(synthetic, size {size}, seed {seed}, {len(manifest['entries'])} images)")
 
 
+_TRAINING_OPTIONS = (
+    click.option("--profile", default="quick", show_default=True, type=click.Choice(["quick", "paper"]),
+                 help="quick: the CPU default; paper: the published recipe (70,000 steps, batch 1, 256x256), for GPUs."),
+    click.option("--steps", type=click.IntRange(1), help="Training steps (overrides the profile)."),
+    click.option("--seed", default=0, show_default=True, type=int),
+    _device_option,
+    click.option("--teacher", help="ours/efficientad's teacher: a backbone whose frozen ImageNet features teach "
+                                   "(efficientnet_lite0, the default; efficientnet_lite2, mobilenet_v2 ...), a "
+                                   "pretrained PDN teacher file (a published EfficientAD teacher: the paper's "
+                                   "setting; or distill-teacher's output), or 'random' (an untrained teacher, for "
+                                   "ablations)."),
+    click.option("--precision", type=click.Choice(["float32", "bfloat16", "auto"]),
+                 help="ours/efficientad's training arithmetic (quick profile: auto, whichever measures faster here)."),
+    click.option("--map-padding", type=click.Choice(["minimum", "zero"]),
+                 help="ours/efficientad's 4-cell map frame, for ablations: minimum (ranks as normal) or zero "
+                      "(published). Implies no border cover (the quick profile's maps cover the border: no frame)."),
+    click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
+                 help="Autoencoder decoder, for ablations (default: the method's own)."),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations."),
+    click.option("--backbone", help="Pretrained backbone of the feature methods (patchcore, padim, spade): "
+                                    "efficientnet_lite0 (default), efficientnet_lite2, mobilenet_v2, resnet18, "
+                                    "wide_resnet50_2, wide_resnet101_2."),
+    click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="The backbone's checkpoint file (default: its known file, checksummed)."),
+    click.option("--layers", help="Comma-separated feature maps of the backbone (default: the method's own choice)."),
+)
+
+_RATE = click.FloatRange(0, 1, max_open=True)
+_CALIBRATION_OPTIONS = (
+    click.option("--false-alarm-rate", default=0.01, show_default=True, type=_RATE,
+                 help="Share of normal parts the image threshold may flag, calibrated on held-out normal images."),
+    click.option("--pixel-false-alarm-rate", default=0.001, show_default=True, type=_RATE,
+                 help="Share of normal pixels the defect-mask threshold may flag."),
+)
+
+
+def _with(options):
+    """A decorator applying a tuple of click options in their order."""
+    def apply(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+    return apply
+
+
+def _detector_options(teacher, precision, map_padding, decoder, dropout, backbone, backbone_weights, layers) -> dict:
+    """The training options given on the command line, as detector configuration overrides."""
+    options = {"teacher": teacher, "precision": precision, "map_padding": map_padding, "decoder": decoder,
+               "cover_border": False if map_padding else None, "dropout": dropout,
+               "backbone": backbone, "backbone_weights": str(backbone_weights) if backbone_weights else None,
+               "layers": [name.strip() for name in layers.split(",")] if layers else None}
+    return {k: v for k, v in options.items() if v is not None}
+
+
 @main.command("run", cls=_MethodsCommand)
 @click.argument("method")
 @click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Dataset folder (default: the built-in synthetic impellers).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Predictions folder (default predictions/METHOD).")
-@click.option("--profile", default="quick", show_default=True, type=click.Choice(["quick", "paper"]),
-              help="quick: the CPU default; paper: the published recipe (70,000 steps, batch 1, 256x256), for GPUs.")
-@click.option("--steps", type=click.IntRange(1), help="Training steps (overrides the profile).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@_device_option
-@click.option("--teacher", help="ours/efficientad's teacher: a backbone whose frozen ImageNet features teach "
-                                "(efficientnet_lite0, the default; efficientnet_lite2, mobilenet_v2 ...), a pretrained "
-                                "PDN teacher file (a published EfficientAD teacher: the paper's setting; or "
-                                "distill-teacher's output), or 'random' (an untrained teacher, for ablations).")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16", "auto"]),
-              help="ours/efficientad's training arithmetic (quick profile: auto, whichever measures faster here).")
-@click.option("--map-padding", type=click.Choice(["minimum", "zero"]),
-              help="ours/efficientad's 4-cell map frame, for ablations: minimum (ranks as normal) or zero "
-                   "(published). Implies no border cover (the quick profile's maps cover the border: no frame).")
-@click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
-              help="Autoencoder decoder, for ablations (default: the method's own).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations.")
-@click.option("--backbone", help="Pretrained backbone of the feature methods (patchcore, padim, spade): "
-                                 "efficientnet_lite0 (default), efficientnet_lite2, mobilenet_v2, resnet18, "
-                                 "wide_resnet50_2, wide_resnet101_2.")
-@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The backbone's checkpoint file (default: its known file, checksummed).")
-@click.option("--layers", help="Comma-separated feature maps of the backbone (default: the method's own choice).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing predictions folder.")
-def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher, precision, map_padding, decoder,
-                dropout, backbone, backbone_weights, layers, overwrite):
+@_with(_TRAINING_OPTIONS)
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also keep the trained detector as a model file with calibrated thresholds (see 'train').")
+@_with(_CALIBRATION_OPTIONS)
+@click.option("--overwrite", is_flag=True, help="Replace an existing predictions folder (and model file).")
+def run_command(method, dataset_dir, out, profile, steps, seed, device, model, false_alarm_rate,
+                pixel_false_alarm_rate, overwrite, **training):
     """Train METHOD on train/good, score the test set, write predictions and print the evaluation."""
     from .evaluate import format_table
     from .progress import format_seconds
     from .runner import run_method
 
-    options = {"teacher": teacher, "precision": precision, "map_padding": map_padding, "decoder": decoder,
-               "cover_border": False if map_padding else None, "dropout": dropout,
-               "backbone": backbone, "backbone_weights": str(backbone_weights) if backbone_weights else None,
-               "layers": [name.strip() for name in layers.split(",")] if layers else None}
-    options = {k: v for k, v in options.items() if v is not None}
     started = time.monotonic()
     result = run_method(method, dataset_dir, out, profile, steps, seed, device, overwrite, _progress,
-                        say=lambda text: click.echo(text, err=True), **options)
+                        say=lambda text: click.echo(text, err=True), model=model, false_alarm_rate=false_alarm_rate,
+                        pixel_false_alarm_rate=pixel_false_alarm_rate, **_detector_options(**training))
     click.echo(format_table(result))
+    if model is not None:
+        click.echo(model_summary(result["model"]))
     click.echo(f"wrote {result['predictions']} in {format_seconds(time.monotonic() - started)} (training "
                f"{format_seconds(result['fit_seconds'])}, {format_seconds(result['score_seconds_per_image'])} "
                "per test image)")
+
+
+@main.command("train", cls=_MethodsCommand)
+@click.argument("method")
+@click.option("--dataset", "dataset_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset folder: trained on train/good; a labelled test set, if any, is judged with the thresholds.")
+@click.option("--model", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Model file to write.")
+@_with(_TRAINING_OPTIONS)
+@_with(_CALIBRATION_OPTIONS)
+@click.option("--overwrite", is_flag=True, help="Replace an existing model file.")
+def train_command(method, dataset_dir, model, profile, steps, seed, device, false_alarm_rate, pixel_false_alarm_rate,
+                  overwrite, **training):
+    """Train METHOD once and write a model file with calibrated thresholds, for 'predict' and 'export'.
+
+    The image threshold is calibrated on normal images held out of the fit
+    for --false-alarm-rate; the pixel threshold (defect masks) likewise."""
+    from .progress import format_seconds
+    from .runner import train_model
+
+    started = time.monotonic()
+    report = train_model(method, dataset_dir, model, profile, steps, seed, device, false_alarm_rate,
+                         pixel_false_alarm_rate, overwrite, _progress, **_detector_options(**training))
+    click.echo(model_summary(report))
+    click.echo(f"wrote {model} in {format_seconds(time.monotonic() - started)} (training "
+               f"{format_seconds(report['fit_seconds'])})")
+
+
+def model_summary(report: dict) -> str:
+    """The calibration, and what it gives on the labelled test set when there was one, in a few lines."""
+    c = report["calibration"]
+    lines = [f"model {report['model']}: image threshold {c['image_threshold']:.6g} (false-alarm rate "
+             f"{c['false_alarm_rate']:.2%}), pixel threshold {c['pixel_threshold']:.6g} (pixel rate "
+             f"{c['pixel_false_alarm_rate']:.2%}); calibrated on {c['source']}"]
+    test = report.get("test_report")
+    if test:
+        at, best = test["calibrated"], test["f1_max"]
+        lines.append(f"on the test set ({test['test_good']} good, {test['test_defect']} defect): calibrated "
+                     f"threshold: false alarms {_percent(at['false_alarm_rate'])}, recall {_percent(at['recall'])}, "
+                     f"precision {_percent(at['precision'])}; F1-max threshold {best['threshold']:.6g}: precision "
+                     f"{_percent(best['precision'])}, recall {_percent(best['recall'])}")
+        if "pixel_calibrated" in test:
+            pixel = test["pixel_calibrated"]
+            lines.append(f"pixels above the pixel threshold: {_percent(pixel['false_alarm_rate'])} of normal pixels, "
+                         f"{_percent(pixel['recall'])} of defect pixels")
+    return "\n".join(lines)
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+@main.command("predict")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write.")
+@click.option("--image-threshold", type=float, help="Override the model's calibrated image threshold.")
+@click.option("--pixel-threshold", type=float, help="Override the model's calibrated pixel threshold.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images in memory at a time.")
+@_device_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def predict_command(model, inputs, out, image_threshold, pixel_threshold, batch_size, device, overwrite):
+    """Judge images (files, or folders walked recursively) with a MODEL file from 'train'.
+
+    Writes OUT/results.csv (path, score, decision, defect area, time), the
+    maps (.npy), heat-map overlays and defect masks (PNG). Unreadable files
+    are skipped and listed in OUT/skipped.csv. Exit code 0 when every file was
+    judged, 1 when some were skipped, 2 when nothing was written (bad input,
+    or not one file readable)."""
+    from .inspection import load_model, predict_files
+
+    summary = predict_files(load_model(model, device), inputs, out, image_threshold, pixel_threshold, batch_size,
+                            overwrite, _progress)
+    click.echo(f"judged {summary['images']} image(s): {summary['defects']} defect, "
+               f"{summary['images'] - summary['defects']} ok, in {summary['seconds']} s "
+               f"({summary['images_per_second']} images/s); wrote {out}")
+    for skipped in summary["skipped_files"]:
+        click.echo(f"skipped {skipped['path']}: {skipped['problem']}", err=True)
+    if summary["skipped"]:
+        click.echo(f"{summary['skipped']} file(s) could not be read: listed in {out / 'skipped.csv'}", err=True)
+        sys.exit(1)
 
 
 @main.command("latency", cls=_MethodsCommand)
@@ -299,18 +412,75 @@ def run_command(method, dataset_dir, out, profile, steps, seed, device, teacher,
 @click.option("--profile", type=click.Choice(["quick", "paper"]),
               help="Time the model that run's PROFILE trains, at its own input size (the image stays 256x256; "
                    "default: each method's configuration at 256x256).")
-def latency_command(methods, device, runs, warmup, json_path, plot_path, profile):
+@click.option("--onnx", is_flag=True, help="Also time the same path exported to ONNX, under ONNX Runtime on the CPU "
+                                          "(ours, efficientad, padim, patchcore).")
+def latency_command(methods, device, runs, warmup, json_path, plot_path, profile, onnx):
     """Latency per image at batch 1, 256x256, host to device and back (median and 90th percentile)."""
     from .imageio import atomic_write_bytes
     from .latency import latency_plot, measure_latency
 
-    results = [measure_latency(m, device, runs, warmup, profile=profile) for m in methods]
+    runtimes = (False, True) if onnx else (False,)
+    results = [measure_latency(m, device, runs, warmup, profile=profile, onnx=on_onnx)
+               for m in methods for on_onnx in runtimes]
     text = json.dumps(results, indent=1)
     click.echo(text)
     if json_path:
         atomic_write_bytes(json_path, (text + "\n").encode())
     if plot_path:
         latency_plot(results, plot_path)
+
+
+@main.command("export")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "export_format", default="onnx", show_default=True, type=click.Choice(["onnx"]))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write (.onnx).")
+@click.option("--check-images", type=click.Path(exists=True, path_type=Path),
+              help="Images (a file or a folder) to compare ONNX Runtime's outputs with torch's on (default: 4 "
+                   "seeded noise images).")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(16))
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def export_command(model, export_format, out, check_images, opset, overwrite):
+    """Export a MODEL file from 'train' as an ONNX graph: image in (float32 N x 3 x S x S, RGB in [0, 1], at the
+    model's input size S), score and map (S x S) out, the thresholds in its metadata; then check that ONNX
+    Runtime gives torch's outputs (to 1e-4)."""
+    import os
+
+    import numpy as np
+
+    from .export import check_export, export_onnx
+    from .imageio import read_image
+    from .inspection import input_files, load_model
+
+    if out.exists() and not overwrite:
+        raise ImpellerBenchError("output file exists (use --overwrite to replace it)", out)
+    loaded = load_model(model, "cpu")
+    if check_images is not None:
+        images = []
+        for path, _ in input_files([check_images]):
+            try:
+                images.append(read_image(path))
+            except ImpellerBenchError as exc:
+                click.echo(f"skipped {exc}", err=True)
+            if len(images) == 16:
+                break
+        if not images:
+            raise ImpellerBenchError("no readable image to check the export on", check_images)
+    else:
+        size = loaded.detector.model_input_size
+        images = list(np.random.default_rng(0).integers(0, 256, (4, size, size), dtype=np.uint8))
+    c = loaded.calibration
+    metadata = {"image_threshold": repr(c.image_threshold), "pixel_threshold": repr(c.pixel_threshold),
+                "false_alarm_rate": repr(c.false_alarm_rate), "model_file": model.name}
+    # Checked before it takes the name: a graph that fails the check never replaces anything.
+    checking = out.with_name(f".{out.name}.checking")
+    try:
+        written = export_onnx(loaded.detector, checking, opset, metadata)
+        worst = check_export(loaded.detector, checking, images)
+        os.replace(checking, out)
+    finally:
+        checking.unlink(missing_ok=True)
+    click.echo(f"wrote {out} ({written['bytes'] / 2**20:.1f} MiB, {loaded.method}, input {written['model_input_size']} px,"
+               f" opset {opset}); ONNX Runtime matches torch on {len(images)} image(s): largest difference {worst:.2g}")
 
 
 @main.command("distill-teacher")

@@ -42,6 +42,7 @@ class Sample:
     mask_path: Path | None = None
     defect_classes: tuple[str, ...] = ()
     source: str | None = None  # the public source it was built from, when the manifest says
+    group: int | None = None  # its photo group (near-duplicates and variants of one photo), when the manifest says
 
     @property
     def is_defect(self) -> bool:
@@ -116,6 +117,7 @@ def _from_manifest(root: Path, manifest_path: Path) -> Dataset:
             mask_path=None if entry.get("mask") is None else _inside(root, entry["mask"], manifest_path),
             defect_classes=tuple(entry.get("defect_classes", ())),
             source=entry.get("source"),
+            group=entry.get("group"),
         )
         (train if sample.split == "train" else test).append(sample)
     return Dataset(root, train, test, manifest, hashlib.sha256(data).hexdigest())

@@ -9,4 +9,5 @@ class ImpellerBenchError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else str(path)
+        self.problem = message  # the message without the path
         super().__init__(f"{self.path}: {message}" if self.path else message)

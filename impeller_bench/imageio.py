@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def decode_upright(data: bytes, path: str | Path | None) -> Image.Image:
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImpellerBenchError(f"unreadable or truncated image ({exc})", path) from exc
+        reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))  # the path is named already
+        raise ImpellerBenchError(f"unreadable or truncated image ({reason})", path) from exc
     frames = getattr(image, "n_frames", 1)
     if frames > 1 and image.format != "MPO":
         raise ImpellerBenchError(f"holds {frames} pictures (pages or animation frames); expected one", path)

@@ -182,7 +182,7 @@ class AST(PretrainedFeatureDetector):
             target, _ = self.teacher(features, condition)
         return ((self.student(features, condition) - target) ** 2).mean()
 
-    def fit(self, images, progress=None):
+    def fit(self, images, progress=None, groups=None):
         self._require_images(images, 2)  # batch norm needs two
         features = self.patch_features(images, progress)
         self.teacher_loss = self._train(self.teacher, self._negative_log_likelihood, features, "teacher", progress)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 from abc import ABC, abstractmethod
@@ -11,11 +12,14 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
+from .. import __version__
 from ..errors import ImpellerBenchError
 from ..imageio import atomic_write_bytes
 
 _REGISTRY: dict[str, type["Detector"]] = {}
-CHECKPOINT_FORMAT = 2  # 2: EfficientAD's teacher_weights became teacher (a backbone, a file or random)
+# 2: EfficientAD's teacher_weights became teacher (a backbone, a file or random).
+# 3: the header names the package version that wrote it and holds a sha256 digest of header and tensors.
+CHECKPOINT_FORMAT = 3
 TRAINING_IMAGES_FOR_TIMING = 400  # untrained detectors get memory of the size a 400-image fit gives
 
 
@@ -99,8 +103,10 @@ class Detector(ABC):
         self.fitted = False
 
     @abstractmethod
-    def fit(self, images: Sequence[np.ndarray], progress: Callable | None = None) -> "Detector":
-        """Learn from normal images only."""
+    def fit(self, images: Sequence[np.ndarray], progress: Callable | None = None,
+            groups: Sequence | None = None) -> "Detector":
+        """Learn from normal images only. ``groups``, where known, is each image's photo group (variants of
+        one photo share one): a detector that holds images out of its fit holds out whole groups."""
 
     @abstractmethod
     def score_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -126,29 +132,66 @@ class Detector(ABC):
         """What goes into meta.json: the method, its configuration, and anything a table must show."""
         return {"method": self.name, "config": dataclasses.asdict(self.config)}
 
-    def save(self, path: str | Path) -> None:
-        """One file: tensors plus the JSON description, loadable with ``weights_only=True``."""
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """One file: tensors plus a JSON header (method, config, the writing version, ``extra`` under "model",
+        a sha256 digest of it all), loadable with ``weights_only=True``; see :func:`read_checkpoint`."""
         self.require_fitted()
-        header = json.dumps({"format": CHECKPOINT_FORMAT, "name": self.name, "config": dataclasses.asdict(self.config)})
-        payload = {"header": torch.tensor(list(header.encode()), dtype=torch.uint8)}
-        payload |= {f"state.{k}": v.detach().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        header = {"format": CHECKPOINT_FORMAT, "package_version": __version__, "name": self.name,
+                  "config": dataclasses.asdict(self.config)} | ({"model": extra} if extra else {})
+        header["sha256"] = checkpoint_digest(header, state)
+        payload = {"header": torch.tensor(list(json.dumps(header).encode()), dtype=torch.uint8)}
+        payload |= {f"state.{k}": v for k, v in state.items()}
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
 
-def load(path: str | Path, device: str | None = None) -> Detector:
-    """A fitted detector from ``save``; only tensors are unpickled."""
+def checkpoint_digest(header: dict, state: dict[str, torch.Tensor]) -> str:
+    """sha256 of the header (without its own digest) and of every tensor's name, type, shape and bytes.
+
+    It detects a file changed after it was written (an edit, a damaged copy); it is not a signature (whoever
+    edits the file can recompute it): safety against malicious files comes from loading tensors only."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode())
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(header, state) of a file written by ``Detector.save``, refused with one line when it is not one, was
+    written by another version of impeller-bench, or was changed after it was written."""
     from ..backbones import load_state_dict
 
     payload = load_state_dict(path)
     try:
         header = json.loads(bytes(payload["header"].tolist()).decode())
-    except (KeyError, ValueError) as exc:
-        raise ImpellerBenchError("not an impeller-bench detector checkpoint", path) from exc
-    if header.get("format") != CHECKPOINT_FORMAT:
-        raise ImpellerBenchError(f"checkpoint format {header.get('format')!r} is not {CHECKPOINT_FORMAT}", path)
+        header["name"], header["config"]
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise ImpellerBenchError("not an impeller-bench detector or model file", path) from exc
+    written_by = header.get("package_version")
+    if header.get("format") != CHECKPOINT_FORMAT or written_by != __version__:
+        by = f"impeller-bench {written_by}" if written_by else "an earlier impeller-bench"
+        raise ImpellerBenchError(f"written by {by} (file format {header.get('format')}); this is impeller-bench "
+                                 f"{__version__} (format {CHECKPOINT_FORMAT}): train it again with this version",
+                                 path)
+    state = {k[len("state."):]: v for k, v in payload.items() if k.startswith("state.")}
+    if header.get("sha256") != checkpoint_digest(header, state):
+        raise ImpellerBenchError("contents do not match the digest written with them: the file was changed after "
+                                 "it was saved, or is damaged; train it again", path)
+    return header, state
+
+
+def load(path: str | Path, device: str | None = None) -> Detector:
+    """A fitted detector from ``save`` (checked by :func:`read_checkpoint`); only tensors are unpickled."""
+    header, state = read_checkpoint(path)
+    return detector_from_checkpoint(header, state, device)
+
+
+def detector_from_checkpoint(header: dict, state: dict[str, torch.Tensor], device: str | None = None) -> Detector:
     detector = create(header["name"], device=device, **header["config"])
-    detector.load_state_dict({k[len("state."):]: v for k, v in payload.items() if k.startswith("state.")})
+    detector.load_state_dict(state)
     detector.fitted = True
     return detector

@@ -32,6 +32,10 @@ The quick profile's economies (cached teacher outputs, one student pass per
 step, a half-width student) are options of the same loop; the published loop
 is what ``--profile paper`` runs.
 
+Scoring is one module, ``EfficientADScorer`` (the S x S image in, scores and
+maps out): ``score_images`` runs it and ``impeller_bench.export`` writes it
+to ONNX.
+
 Transposed-decoder size arithmetic: H_out = stride * (H_in - 1) + kernel - 2 * padding.
 With t = the teacher's output size (56 for 256 x 256) and t divisible by 8:
 ConvT(k = t/8, s = 1, p = 0): 1 -> t/8; then three ConvT(k = 4, s = 2, p = 1):
@@ -53,6 +57,7 @@ from ..backbones import BACKBONES, backbone_spec, images01, load_backbone, load_
 from ..errors import ImpellerBenchError
 from ..progress import TrainingMeter
 from .base import Detector, register
+from .features import ScoredByModule
 
 TEACHER_CHANNELS = 384
 LATENT_CHANNELS = 64
@@ -158,7 +163,8 @@ class FeatureTeacher(nn.Module):
         if self.scale != 1:
             x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
         features = self.backbone.patch_features(x, self.layers)
-        return F.grid_sample(features, self.grid.expand(len(x), -1, -1, -1).to(features.dtype), mode="bilinear",
+        # x.shape[0], not len(x): a traced graph (ONNX export) keeps the batch size dynamic.
+        return F.grid_sample(features, self.grid.expand(x.shape[0], -1, -1, -1).to(features.dtype), mode="bilinear",
                              align_corners=False)
 
     def fit_projection(self, batches, seed: int) -> None:
@@ -304,6 +310,58 @@ class OursConfig(EfficientADConfig):
     dropout: float = 0.0
 
 
+def mirror_border(x01: torch.Tensor, cover_border: bool) -> torch.Tensor:
+    """With ``cover_border``, the input mirrored outwards by ``PDN_BORDER`` pixels per side (else unchanged)."""
+    return F.pad(x01, [PDN_BORDER] * 4, mode="reflect") if cover_border else x01
+
+
+class EfficientADScorer(nn.Module):
+    """EfficientAD's scoring as one module (the detector's networks and statistics, shared, not copied).
+
+    x01 (N x 3 x S x S in [0, 1], S = the configured image size) -> (scores N, maps N x S x S, or at ``size``):
+    the border mirrored outwards when covered, the local and global maps normalised by their quantiles and
+    averaged, framed unless the border is covered, resized bilinearly."""
+
+    def __init__(self, detector: "EfficientAD"):
+        super().__init__()
+        self.teacher, self.student, self.autoencoder = detector.teacher, detector.student, detector.autoencoder
+        for name, value in detector.buffers.items():  # teacher_mean, teacher_std, quantiles
+            self.register_buffer(name, value, persistent=False)
+        self.channels, self.model_input_size = detector.channels, detector.model_input_size
+        self.cover_border, self.zero_frame = detector.config.cover_border, detector.config.map_padding == "zero"
+
+    def teacher_output(self, x01: torch.Tensor) -> torch.Tensor:
+        """The teacher's features, normalised per channel with the training images' statistics."""
+        return (self.teacher(normalise(x01)) - self.teacher_mean) / self.teacher_std
+
+    def raw_maps(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local, global) N x 1 x t x t maps of the network input (its border already mirrored if covered)."""
+        x = normalise(x01)
+        student = self.student(x)
+        local = ((self.teacher_output(x01) - student[:, : self.channels]) ** 2).mean(dim=1, keepdim=True)
+        global_ = ((self.autoencoder(x) - student[:, self.channels:]) ** 2).mean(dim=1, keepdim=True)
+        return local, global_
+
+    def combined(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
+        """Each map mapped to 0.1 (M - q_a) / (q_b - q_a) with its validation quantiles, then their mean."""
+        qa_l, qb_l, qa_g, qb_g = self.quantiles
+        return 0.5 * (0.1 * (local - qa_l) / (qb_l - qa_l) + 0.1 * (global_ - qa_g) / (qb_g - qa_g))
+
+    def forward(self, x01: torch.Tensor, size: tuple[int, int] | None = None):
+        combined = self.combined(*self.raw_maps(mirror_border(x01, self.cover_border)))
+        scores = None
+        if self.cover_border:
+            # Scored only where a patch holds no mirrored pixels (the published map's cells); mapped everywhere.
+            inner = PDN_BORDER // 4
+            scores = combined[..., inner:-inner, inner:-inner].amax(dim=(1, 2, 3))
+        else:
+            frame = 0.0 if self.zero_frame else combined.amin(dim=(2, 3), keepdim=True)
+            combined = F.pad(combined - frame, [MAP_PADDING] * 4) + frame
+        size = size or (self.model_input_size, self.model_input_size)
+        maps = F.interpolate(combined, size=size, mode="bilinear", align_corners=False)[:, 0]
+        return (maps.amax(dim=(1, 2)) if scores is None else scores), maps
+
+
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The published autoencoder-input augmentation: one of brightness, contrast, saturation, factor in [0.8, 1.2]."""
     choice = int(torch.randint(3, (1,), generator=generator))
@@ -313,6 +371,23 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     reference = gray.mean(dim=(2, 3), keepdim=True) if choice == 1 else gray
     return (reference + factor * (x - reference)).clamp(0, 1)
+
+
+def validation_split(order: list[int], count: int, groups=None) -> list[int]:
+    """The first ``count`` images of ``order``; with photo ``groups``, each taken image's whole group comes
+    along (in ``order``), so that no photo is both trained on and held out; at least one image is left."""
+    if groups is None:
+        return order[:count]
+    members: dict = {}
+    for k in order:
+        members.setdefault(groups[k], []).append(k)
+    held: list[int] = []
+    for k in order:
+        if len(held) >= count:
+            break
+        if k not in held and len(held) + len(members[groups[k]]) < len(order):
+            held += members[groups[k]]
+    return held or order[:count]
 
 
 _FASTEST_PRECISION: dict[str, str] = {}
@@ -347,8 +422,10 @@ def fastest_precision(device: torch.device) -> str:
 
 
 @register("efficientad")
-class EfficientAD(Detector):
+class EfficientAD(ScoredByModule, Detector):
     config_class = EfficientADConfig
+    scorer_class = EfficientADScorer
+    scoring_batch = 8
     # "quick" is the CPU default, chosen from the quality-against-time curve of benchmarks/efficientad_budget.py
     # (figures in the README's EfficientAD section): the frozen EfficientNet-Lite0 feature teacher seeing the image at twice
     # the size, 128 x 128 inputs mirrored to cover the border, a half-width student, teacher outputs cached on
@@ -396,6 +473,11 @@ class EfficientAD(Detector):
         self._to_device()
 
     @property
+    def model_input_size(self) -> int:
+        """The side of the square image the networks are given (before any mirrored border)."""
+        return self.config.image_size
+
+    @property
     def training_precision(self) -> str:
         """The configured precision, with "auto" resolved by measurement on this device."""
         return self.config.precision if self.config.precision != "auto" else fastest_precision(self.device)
@@ -409,24 +491,26 @@ class EfficientAD(Detector):
 
     def _batch01(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 images -> float [0, 1] at the model's size (mirrored borders added), on the CPU."""
-        batch = images01(images, self.config.image_size)
-        return F.pad(batch, [PDN_BORDER] * 4, mode="reflect") if self.config.cover_border else batch
+        return mirror_border(images01(images, self.config.image_size), self.config.cover_border)
 
     def _teacher(self, x01: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return (self.teacher(normalise(x01)) - self.buffers["teacher_mean"]) / self.buffers["teacher_std"]
+            return EfficientADScorer(self).teacher_output(x01)
 
     # ----------------------------------------------------------------- training
 
-    def fit(self, images, progress=None):
+    def fit(self, images, progress=None, groups=None):
         c = self.config
         if len(images) < 2:
             raise ImpellerBenchError("EfficientAD needs at least two training images")
         generator = torch.Generator().manual_seed(c.seed)
         data = self._batch01(images)
-        order = torch.randperm(len(data), generator=generator)
-        n_val = max(1, int(round(c.validation_fraction * len(data))))
-        validation, train = data[order[:n_val]], data[order[n_val:]]
+        order = torch.randperm(len(data), generator=generator).tolist()
+        held = validation_split(order, max(1, int(round(c.validation_fraction * len(data)))), groups)
+        # Never trained on: the maps' quantiles are fitted on them, and a model file's thresholds calibrated.
+        self.validation_indices = held
+        kept = [k for k in order if k not in set(held)]
+        validation, train = data[held], data[kept]
         self.teacher.eval()
         if self.teacher_kind == "features":
             self.teacher.fit_projection((normalise(chunk.to(self.device)) for chunk in train.split(8)), c.seed)
@@ -515,14 +599,9 @@ class EfficientAD(Detector):
     # ----------------------------------------------------------------- scoring
 
     def _raw_maps(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(local, global) maps of a network input (from ``_batch01``), before normalisation."""
         with torch.no_grad():
-            x = normalise(x01)
-            target = self._teacher(x01)
-            student = self.student(x)
-            ae = self.autoencoder(x)
-            local = ((target - student[:, : self.channels]) ** 2).mean(dim=1, keepdim=True)
-            global_ = ((ae - student[:, self.channels:]) ** 2).mean(dim=1, keepdim=True)
-        return local, global_
+            return EfficientADScorer(self).raw_maps(x01)
 
     def _fit_map_quantiles(self, validation: torch.Tensor) -> None:
         locals_, globals_ = [], []
@@ -533,28 +612,6 @@ class EfficientAD(Detector):
         local, global_ = torch.cat(locals_), torch.cat(globals_)
         q = torch.tensor([0.9, 0.995], device=local.device)
         self.buffers["quantiles"] = torch.cat([torch.quantile(local, q), torch.quantile(global_, q)])
-
-    def score_images(self, images):
-        self.require_fitted()
-        height, width = np.asarray(images[0]).shape[:2]
-        qa_l, qb_l, qa_g, qb_g = self.buffers["quantiles"]
-        scores, maps = [], []
-        for start in range(0, len(images), 8):
-            x01 = self._batch01(images[start : start + 8]).to(self.device)
-            local, global_ = self._raw_maps(x01)
-            combined = 0.5 * (0.1 * (local - qa_l) / (qb_l - qa_l) + 0.1 * (global_ - qa_g) / (qb_g - qa_g))
-            if self.config.cover_border:
-                # Scored only where a patch holds no mirrored pixels (the published map's cells); mapped everywhere.
-                inner = PDN_BORDER // 4
-                scores.append(combined[..., inner:-inner, inner:-inner].amax(dim=(1, 2, 3)).cpu())
-            else:
-                frame = 0.0 if self.config.map_padding == "zero" else combined.amin(dim=(2, 3), keepdim=True)
-                combined = F.pad(combined - frame, [MAP_PADDING] * 4) + frame
-            combined = F.interpolate(combined, size=(height, width), mode="bilinear", align_corners=False)
-            maps.append(combined[:, 0].cpu())
-        maps = torch.cat(maps).numpy()
-        scores = torch.cat(scores).numpy() if scores else maps.reshape(len(maps), -1).max(axis=1)
-        return scores, maps
 
     def prepare_untrained(self):
         self.buffers["teacher_mean"].zero_()

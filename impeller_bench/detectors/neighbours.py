@@ -2,7 +2,8 @@
 
 Memory stays bounded whatever the sizes: distances are computed for blocks of
 queries small enough that one block's distance matrix holds at most
-``MAX_BLOCK_ELEMENTS`` numbers.
+``MAX_BLOCK_ELEMENTS`` numbers (except while tracing for ONNX export: the
+graph computes all the queries of its batch in one block).
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int = 1) -> tuple[torc
     square-rooted."""
     if not 1 <= k <= len(bank):
         raise ValueError(f"k={k} needs 1 <= k <= bank size {len(bank)}")
-    rows = max(1, MAX_BLOCK_ELEMENTS // len(bank))
+    # A traced graph (ONNX export) must not fix the number of queries, which grows with its dynamic batch: one block.
+    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    blocks = [queries] if tracing else queries.split(max(1, MAX_BLOCK_ELEMENTS // len(bank)))
     bank_norms = (bank * bank).sum(1)
     distances, indices = [], []
-    for block in queries.split(rows):
+    for block in blocks:
         squared = torch.addmm(bank_norms[None], block, bank.T, alpha=-2).add_((block * block).sum(1, keepdim=True))
         if k == 1:
             values, where = squared.min(dim=1, keepdim=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import register
-from .features import PretrainedFeatureDetector, PretrainedFeaturesConfig
+from .features import FeatureScorer, PretrainedFeatureDetector, PretrainedFeaturesConfig, ScoredByModule
 
 
 @dataclass
@@ -29,17 +29,34 @@ class PaDiMConfig(PretrainedFeaturesConfig):
     regularisation: float = 0.01
 
 
+def kept_embeddings(features: torch.Tensor, kept_channels: torch.Tensor) -> torch.Tensor:
+    """N x C x h x w features -> N x P x d: the kept channels at every grid position (P = h * w)."""
+    return features.index_select(1, kept_channels).flatten(2).transpose(1, 2)
+
+
+class PaDiMScorer(FeatureScorer):
+    """PaDiM's scoring as one module: Mahalanobis distance at each grid position, the map's maximum."""
+
+    def __init__(self, detector: "PaDiM"):
+        super().__init__(detector)
+        self.register_buffer("kept_channels", detector.kept_channels, persistent=False)
+        self.register_buffer("mean", detector.mean, persistent=False)
+        self.register_buffer("precision", detector.precision, persistent=False)
+
+    def grid_scores(self, features):
+        h, w = features.shape[-2:]
+        diff = kept_embeddings(features, self.kept_channels) - self.mean
+        squared = torch.einsum("npd,pde,npe->np", diff, self.precision, diff).clamp_min(0)
+        return squared.sqrt().view(-1, h, w), None
+
+
 @register("padim")
-class PaDiM(PretrainedFeatureDetector):
+class PaDiM(ScoredByModule, PretrainedFeatureDetector):
     config_class = PaDiMConfig
+    scorer_class = PaDiMScorer
     layer_role = "pyramid"
 
-    def _embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """N x P x d: the kept channels at every grid position; and the grid's (h, w)."""
-        features = self.backbone.patch_features(x, self.layers, 1)[:, self.kept_channels]
-        return features.flatten(2).transpose(1, 2), tuple(features.shape[-2:])
-
-    def fit(self, images, progress=None):
+    def fit(self, images, progress=None, groups=None):
         self._require_images(images, 2)
         channels_available = self.feature_channels()
         generator = torch.Generator().manual_seed(self.config.seed)
@@ -48,7 +65,7 @@ class PaDiM(PretrainedFeatureDetector):
         total = sum_ = outer = None
         with torch.no_grad():
             for x in self._batches(images, "features", progress):
-                e = self._embeddings(x)[0].double()
+                e = kept_embeddings(self.backbone.patch_features(x, self.layers, 1), self.kept_channels).double()
                 if sum_ is None:
                     total, sum_, outer = 0, torch.zeros_like(e[0]), torch.zeros(e.shape[1], keep, keep, dtype=e.dtype,
                                                                                  device=e.device)
@@ -62,19 +79,6 @@ class PaDiM(PretrainedFeatureDetector):
         self.precision = torch.linalg.inv(covariance).float()
         self.fitted = True
         return self
-
-    def score_images(self, images):
-        self.require_fitted()
-        maps = []
-        with torch.no_grad():
-            for x in self._batches(images, "scoring", None):
-                embeddings, (h, w) = self._embeddings(x)
-                diff = embeddings - self.mean
-                squared = torch.einsum("npd,pde,npe->np", diff, self.precision, diff).clamp_min(0)
-                maps.append(squared.sqrt().view(-1, h, w))
-        height, width = images[0].shape[:2]
-        maps = self.finish_maps(torch.cat(maps), (height, width))
-        return maps.reshape(len(maps), -1).max(axis=1), maps
 
     def prepare_untrained(self):
         keep = min(self.config.channels, self.feature_channels())

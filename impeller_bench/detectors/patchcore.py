@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import TRAINING_IMAGES_FOR_TIMING, register
-from .features import PretrainedFeatureDetector, PretrainedFeaturesConfig
+from .features import FeatureScorer, PretrainedFeatureDetector, PretrainedFeaturesConfig, ScoredByModule
 from .neighbours import greedy_coreset, nearest
 
 
@@ -32,13 +32,39 @@ class PatchCoreConfig(PretrainedFeaturesConfig):
     reweight_neighbours: int = 9
 
 
+class PatchCoreScorer(FeatureScorer):
+    """PatchCore's scoring as one module: nearest bank patch per grid position, the reweighted image score."""
+
+    def __init__(self, detector: "PatchCore"):
+        super().__init__(detector)
+        self.register_buffer("bank", detector.bank, persistent=False)
+        self.support_size = min(detector.config.reweight_neighbours, len(detector.bank))
+
+    def grid_scores(self, features):
+        h, w = features.shape[-2:]
+        patches = features.permute(0, 2, 3, 1).reshape(-1, h * w, features.shape[1])  # N x P x C
+        distances, rows = nearest(patches.flatten(0, 1), self.bank)
+        distances, rows = distances.view(-1, h * w), rows.view(-1, h * w)
+        return distances.view(-1, h, w), self.image_scores(patches, distances, rows)
+
+    def image_scores(self, patches: torch.Tensor, distances: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Eq. 7 per image, from its N x P x C patches, their nearest-bank distances and rows (N x P)."""
+        worst_distance, worst = distances.max(dim=1)  # s and m_test
+        nearest_to_worst = self.bank[rows.gather(1, worst[:, None])[:, 0]]  # m*
+        _, support = nearest(nearest_to_worst, self.bank, self.support_size)  # N_b(m*), m* first: N x b
+        worst_patch = patches.gather(1, worst[:, None, None].expand(-1, 1, patches.shape[2]))  # N x 1 x C
+        to_support = (worst_patch - self.bank[support]).square().sum(dim=2).sqrt()  # N x b
+        return (1 - torch.softmax(to_support, dim=1)[:, 0]) * worst_distance
+
+
 @register("patchcore")
-class PatchCore(PretrainedFeatureDetector):
+class PatchCore(ScoredByModule, PretrainedFeatureDetector):
     config_class = PatchCoreConfig
+    scorer_class = PatchCoreScorer
     layer_role = "middle"
     neighbourhood = 3
 
-    def fit(self, images, progress=None):
+    def fit(self, images, progress=None, groups=None):
         self._require_images(images)
         features = self.patch_features(images, progress)
         patches = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
@@ -47,29 +73,6 @@ class PatchCore(PretrainedFeatureDetector):
         self.bank = patches[chosen.to(patches.device)].contiguous()
         self.fitted = True
         return self
-
-    def score_images(self, images):
-        self.require_fitted()
-        features = self.patch_features(images)
-        n, channels, h, w = features.shape
-        patches = features.permute(0, 2, 3, 1).reshape(n, h * w, channels)
-        maps, scores = [], []
-        with torch.no_grad():
-            for image_patches in patches:
-                distances, nearest_rows = nearest(image_patches, self.bank)
-                distances, nearest_rows = distances[:, 0], nearest_rows[:, 0]
-                maps.append(distances.view(h, w))
-                scores.append(self._image_score(image_patches, distances, nearest_rows))
-        height, width = images[0].shape[:2]
-        return torch.stack(scores).cpu().numpy(), self.finish_maps(torch.stack(maps), (height, width))
-
-    def _image_score(self, patches, distances, nearest_rows) -> torch.Tensor:
-        worst = int(distances.argmax())
-        b = min(self.config.reweight_neighbours, len(self.bank))
-        _, support = nearest(self.bank[nearest_rows[worst]][None], self.bank, b)  # N_b(m*), m* first
-        to_support = torch.cdist(patches[worst][None], self.bank[support[0]])[0]
-        weight = 1 - torch.softmax(to_support, dim=0)[0]
-        return weight * distances[worst]
 
     def prepare_untrained(self):
         grid = self.config.image_size // 8

@@ -160,7 +160,7 @@ class PatchSVDD(Detector):
         svdd = ((encoder(q1) - encoder(q2)) ** 2).sum(1).mean()
         return position + c.svdd_weight * svdd
 
-    def fit(self, images, progress=None):
+    def fit(self, images, progress=None, groups=None):
         c = self.config
         if len(images) < 1:
             raise ImpellerBenchError("Patch SVDD needs at least one training image")

@@ -43,7 +43,7 @@ class SPADE(PretrainedFeatureDetector):
                 pyramids.append(self.backbone.patch_features(x, self.layers, 1))
         return torch.cat(pooled), torch.cat(pyramids)
 
-    def fit(self, images, progress=None):
+    def fit(self, images, progress=None, groups=None):
         self._require_images(images)
         self.global_bank, self.pyramid_bank = self._features(images, progress)
         self.fitted = True

@@ -1,0 +1,363 @@
+"""Train once, judge new parts: model files, calibrated thresholds, predict on files and folders."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from impeller_bench import detectors, inspection, load_model
+from impeller_bench.cli import main
+from impeller_bench.data import load_dataset
+from impeller_bench.errors import ImpellerBenchError
+from impeller_bench.predictions import load_predictions
+from impeller_bench.runner import run_method, train_model
+
+pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
+
+# Small and fast: PaDiM at 64 x 64 fits the 12 synthetic training images in about a second.
+FAST = {"image_size": 64}
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_threshold_for_rate_is_the_smallest_value_with_at_most_the_rate_above(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 6, rng.integers(1, 40)).astype(float)  # many ties
+    rate = float(rng.choice([0.0, 0.01, 0.1, 0.25, 0.5, 0.9]))
+    threshold = inspection.threshold_for_rate(values, rate)
+    allowed = math.floor(rate * len(values))
+    admissible = [v for v in np.unique(values) if (values > v).sum() <= allowed]
+    assert threshold == min(admissible)
+
+
+def test_threshold_for_rate_refuses_nan_and_bad_rates():
+    with pytest.raises(ImpellerBenchError, match="finite"):
+        inspection.threshold_for_rate([1.0, float("nan")], 0.01)
+    with pytest.raises(ImpellerBenchError, match="not in"):
+        inspection.threshold_for_rate([1.0, 2.0], 1.0)
+
+
+def test_decision_report_counts_by_definition():
+    calibration = inspection.Calibration(0.5, 0.5, 0.0, 0.01, 0.001, 4, "test")
+    labels = np.array([0, 0, 0, 0, 1, 1, 1], bool)
+    scores = np.array([0.1, 0.6, 0.5, 0.2, 0.7, 0.5, 0.9])
+    masks = [np.zeros((2, 2), bool)] * 4 + [np.array([[1, 0], [0, 0]], bool)] * 3
+    maps = [np.full((2, 2), 0.6)] + [np.zeros((2, 2))] * 3 + [np.array([[0.9, 0.9], [0.0, 0.0]])] * 3
+    report = inspection.decision_report(calibration, labels, scores, masks, maps)
+    assert report["calibrated"]["false_alarm_rate"] == 1 / 4  # 0.6 only: 0.5 is not above 0.5
+    assert report["calibrated"]["recall"] == 2 / 3
+    assert report["calibrated"]["precision"] == 2 / 3
+    assert report["pixel_calibrated"]["false_alarm_rate"] == (4 + 3) / (16 + 9)
+    assert report["pixel_calibrated"]["recall"] == 1.0
+
+
+# --------------------------------------------------------------------------- train, run --model, predict
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_dataset, tmp_path_factory):
+    """``run padim --model`` and ``train padim`` on the synthetic dataset (same seed, same configuration)."""
+    folder = tmp_path_factory.mktemp("inspection")
+    run = run_method("padim", synthetic_dataset, folder / "predictions", model=folder / "run.model", **FAST)
+    report = train_model("padim", synthetic_dataset, folder / "train.model", **FAST)
+    return folder, run, report
+
+
+def test_train_then_predict_gives_the_scores_and_maps_of_run(trained, synthetic_dataset):
+    folder, _, _ = trained
+    dataset = load_dataset(synthetic_dataset)
+    predictions = load_predictions(folder / "predictions")
+    for model_file in ("run.model", "train.model"):
+        judged = load_model(folder / model_file).predict([s.image_path for s in dataset.test])
+        for sample, judgement in zip(dataset.test, judged):
+            assert judgement.score == pytest.approx(predictions.scores[sample.id], rel=1e-5, abs=1e-6)
+            np.testing.assert_allclose(judgement.map, predictions.load_map(sample.id), rtol=1e-5, atol=1e-5)
+            assert judgement.path == str(sample.image_path)
+
+
+def test_model_file_holds_thresholds_and_provenance(trained, synthetic_dataset):
+    folder, run, report = trained
+    model = load_model(folder / "train.model")
+    dataset = load_dataset(synthetic_dataset)
+    assert model.method == "padim"
+    assert model.info["manifest_sha256"] == dataset.manifest_sha256
+    assert model.info["input_size"] == 64
+    assert model.info["description"]["backbone"]
+    assert model.calibration.false_alarm_rate == inspection.DEFAULT_FALSE_ALARM_RATE
+    # 12 training images, each its own photo group: a seeded 20% (2) held out, scored by a copy fitted on 10.
+    assert model.calibration.images == 2 and "photo group(s) held out" in model.calibration.source
+    assert "other 10" in model.calibration.source
+    assert report["calibration"] == run["model"]["calibration"]
+    test = report["test_report"]
+    assert test["test_good"] == 6 and test["test_defect"] == 8
+    assert 0 <= test["calibrated"]["false_alarm_rate"] <= 1 and "pixel_calibrated" in test
+    # Decisions follow the thresholds: above the image threshold is a defect, the mask is the pixels above.
+    judged = model.predict([s.load_image() for s in dataset.test], image_threshold=-1e30, pixel_threshold=1e30)
+    assert all(j.decision == "defect" and j.defect_area == 0 and not j.mask.any() for j in judged)
+
+
+def test_detector_validation_images_calibrate_efficientad(draw_impellers):
+    train, _, _ = draw_impellers(0, 64, 10, 1, ["holes"])
+    detector = detectors.create("ours", device="cpu", image_size=64, steps=2, precision="float32",
+                                validation_fraction=0.3)
+    detector.fit(train)
+    calibration = inspection.calibrate(detector, train)
+    assert calibration.images == len(detector.validation_indices) == 3
+    assert "validation images" in calibration.source
+    scores, _ = detector.score_images([train[i] for i in detector.validation_indices])
+    assert calibration.image_threshold == pytest.approx(scores.max())  # 3 images < 1 / 1%: their maximum
+
+
+def test_photo_groups_are_held_out_whole(draw_impellers):
+    train, _, _ = draw_impellers(1, 64, 12, 1, ["holes"])
+    detector = detectors.create("padim", device="cpu", image_size=64).fit(train)
+    groups = [k // 3 for k in range(12)]  # four photos, three variants each
+    calibration = inspection.calibrate(detector, train, groups=groups, seed=4)
+    # About 20% of 12 images: one whole group of 3 (never a part of one), scored by a copy fitted on 9.
+    assert calibration.images == 3 and "from 1 photo group(s)" in calibration.source and "other 9" in calibration.source
+    assert inspection.calibrate(detector, train, groups=groups, seed=4) == calibration  # seeded
+
+
+def test_existing_model_file_is_refused_before_training(synthetic_dataset, tmp_path, monkeypatch):
+    existing = tmp_path / "m.model"
+    existing.write_bytes(b"keep")
+    monkeypatch.setattr(detectors.base.Detector, "fit", lambda *a, **k: pytest.fail("trained before checking"))
+    for call in (lambda: train_model("padim", synthetic_dataset, existing, **FAST),
+                 lambda: run_method("padim", synthetic_dataset, tmp_path / "p", model=existing, **FAST)):
+        with pytest.raises(ImpellerBenchError, match="model file exists"):
+            call()
+    assert existing.read_bytes() == b"keep" and not (tmp_path / "p").exists()
+
+
+# --------------------------------------------------------------------------- refused model files
+
+
+def _rewrite(source: Path, target: Path, change) -> None:
+    payload = torch.load(source, weights_only=True)
+    header = json.loads(bytes(payload["header"].tolist()).decode())
+    change(header, payload)
+    payload["header"] = torch.tensor(list(json.dumps(header).encode()), dtype=torch.uint8)
+    torch.save(payload, target)
+
+
+def test_tampered_and_other_version_model_files_are_refused_in_one_line(trained, tmp_path):
+    from impeller_bench.detectors.base import checkpoint_digest
+
+    source = trained[0] / "train.model"
+
+    def edit_weights(header, payload):
+        key = next(k for k in payload if k.startswith("state.") and payload[k].is_floating_point())
+        payload[key] = payload[key] + 1e-3
+
+    def other_version(header, payload):  # digest recomputed: only the version differs
+        header["package_version"] = "0.0.1"
+        state = {k[len("state."):]: v for k, v in payload.items() if k.startswith("state.")}
+        header["sha256"] = checkpoint_digest(header, state)
+
+    def edit_threshold(header, payload):
+        header["model"]["calibration"]["image_threshold"] = 0.0
+
+    cases = {"weights": (edit_weights, "changed after it was saved"),
+             "version": (other_version, "written by impeller-bench 0.0.1"),
+             "threshold": (edit_threshold, "changed after it was saved")}
+    for name, (change, message) in cases.items():
+        target = tmp_path / f"{name}.model"
+        _rewrite(source, target, change)
+        with pytest.raises(ImpellerBenchError, match=message) as caught:
+            load_model(target)
+        assert "\n" not in str(caught.value) and str(target) in str(caught.value)
+        result = CliRunner().invoke(main, ["predict", str(target), str(source), "--out", str(tmp_path / name)])
+        assert result.exit_code == 2 and message in result.output and not (tmp_path / name).exists()
+
+
+def test_a_plain_detector_checkpoint_is_not_a_model_file(trained, tmp_path):
+    detector = load_model(trained[0] / "train.model").detector
+    detector.save(tmp_path / "plain.pt")
+    assert detectors.load(tmp_path / "plain.pt").name == "padim"
+    with pytest.raises(ImpellerBenchError, match="not a model file"):
+        load_model(tmp_path / "plain.pt")
+    (tmp_path / "junk.model").write_bytes(b"not a checkpoint")
+    with pytest.raises(ImpellerBenchError, match="not a loadable tensor checkpoint"):
+        load_model(tmp_path / "junk.model")
+
+
+# --------------------------------------------------------------------------- predict on folders
+
+
+def _png(array: np.ndarray, path: Path, **params) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **params)
+
+
+@pytest.fixture()
+def parts_folder(tmp_path, synthetic_dataset):
+    """A folder as the line makes it: subfolders, a 16-bit TIFF, a JPEG of another size, a corrupt file, a
+    text file (not an image: ignored)."""
+    dataset = load_dataset(synthetic_dataset)
+    good, defect = dataset.test[0].load_image(), dataset.test[-1].load_image()
+    folder = tmp_path / "line"
+    _png(good, folder / "a" / "good.png")
+    _png(defect, folder / "a" / "b" / "defect.bmp")
+    deep = (defect.astype(np.uint16) * 257)
+    Image.fromarray(deep).save(folder / "deep.tif")  # mode I;16
+    _png(np.asarray(Image.fromarray(good).resize((96, 80))), folder / "wide.jpg", quality=95)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "notes.txt").write_text("not an image")
+    return folder, good, defect
+
+
+def test_predict_folder_writes_results_maps_overlays_masks_and_skips_unreadable(trained, parts_folder, tmp_path):
+    folder, good, defect = parts_folder
+    model_file = trained[0] / "train.model"
+    out = tmp_path / "judged"
+    result = CliRunner().invoke(main, ["predict", str(model_file), str(folder), "--out", str(out), "--batch-size", "2"])
+    assert result.exit_code == 1, result.output  # one file skipped
+    assert "broken.png" in result.output and "judged 4 image(s)" in result.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(Path(r["path"]).name for r in rows) == ["deep.tif", "defect.bmp", "good.png", "wide.jpg"]
+    skipped = list(csv.DictReader((out / "skipped.csv").open()))
+    assert [Path(r["path"]).name for r in skipped] == ["broken.png"] and skipped[0]["problem"]
+    model = load_model(model_file)
+    by_name = {Path(r["path"]).name: r for r in rows}
+    for name, relative, shape in (("good.png", "a/good", (128, 128)), ("defect.bmp", "a/b/defect", (128, 128)),
+                                  ("deep.tif", "deep", (128, 128)), ("wide.jpg", "wide", (80, 96))):
+        row = by_name[name]
+        assert row["name"] == f"line/{relative}"
+        anomaly_map = np.load(out / "maps" / "line" / f"{relative}.npy")
+        mask = np.asarray(Image.open(out / "masks" / "line" / f"{relative}.png"))
+        overlay = np.asarray(Image.open(out / "overlays" / "line" / f"{relative}.png"))
+        assert anomaly_map.dtype == np.float32 and anomaly_map.shape == shape == mask.shape
+        assert overlay.shape == (shape[0], 2 * shape[1], 3)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert int(row["defect_area_px"]) == int((mask == 255).sum()) == int((anomaly_map > model.calibration.pixel_threshold).sum())
+        assert row["decision"] == ("defect" if float(row["score"]) > model.calibration.image_threshold else "ok")
+    # The 16-bit TIFF is read as a viewer shows it (>> 8): the same judgement as the 8-bit image.
+    assert float(by_name["deep.tif"]["score"]) == pytest.approx(float(by_name["defect.bmp"]["score"]), rel=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["skipped"] == 1 and summary["images_per_second"] > 0
+
+
+def test_predict_a_clean_folder_exits_0_and_refuses_missing_inputs(trained, parts_folder, tmp_path):
+    folder, _, _ = parts_folder
+    (folder / "broken.png").unlink()
+    model_file = str(trained[0] / "train.model")
+    out = tmp_path / "ok"
+    assert CliRunner().invoke(main, ["predict", model_file, str(folder), "--out", str(out)]).exit_code == 0
+    again = CliRunner().invoke(main, ["predict", model_file, str(folder), "--out", str(out)])
+    assert again.exit_code == 2 and "exists" in again.output
+    missing = CliRunner().invoke(main, ["predict", model_file, str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output and not (tmp_path / "x").exists()
+
+
+def test_input_files_walks_folders_and_keeps_output_names_apart(tmp_path):
+    for name in ("x/p.png", "x/p.jpg", "x/sub/q.tif", "x/readme.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    files = inspection.input_files([tmp_path / "x", tmp_path / "x", tmp_path / "x" / "p.png"])
+    names = [str(name) for _, name in files]
+    assert len(set(names)) == len(names) == 3  # each file once, however often it is reached
+    assert sorted(Path(p).name for p, _ in files) == ["p.jpg", "p.png", "q.tif"]
+
+
+def test_predict_accepts_arrays_and_paths_and_refuses_what_it_would_misread(trained, synthetic_dataset, tmp_path):
+    model = load_model(trained[0] / "train.model")
+    sample = load_dataset(synthetic_dataset).test[0]
+    from_array, from_path = model.predict([sample.load_image(), sample.image_path])
+    assert from_array.score == from_path.score and from_array.path is None
+    assert model.predict(str(sample.image_path))[0].score == from_path.score  # one path, not its characters
+    image = sample.load_image()
+    for wrong in (image / 255.0, image.astype(np.uint16) * 257, np.dstack([image] * 4)):
+        with pytest.raises(ImpellerBenchError, match="expected uint8"):
+            model.predict([image, wrong])
+    with pytest.raises(ImpellerBenchError, match="is a folder"):
+        model.predict([tmp_path])
+    with pytest.raises(ImpellerBenchError, match="not a finite number"):
+        model.predict([image], image_threshold=float("nan"))
+
+
+def test_predict_with_no_readable_file_or_a_nan_threshold_writes_nothing(trained, tmp_path):
+    model_file = str(trained[0] / "train.model")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    (tmp_path / "in" / "text.jpg").write_text("not a photo")
+    result = CliRunner().invoke(main, ["predict", model_file, str(tmp_path / "in"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "none of the 2 image file(s) could be read" in result.output
+    assert "BytesIO" not in result.output and not (tmp_path / "o").exists()
+    result = CliRunner().invoke(main, ["predict", model_file, str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                                       "--image-threshold", "nan"])
+    assert result.exit_code == 2 and "not a finite number" in result.output and not (tmp_path / "o").exists()
+
+
+def test_export_never_replaces_a_file_with_an_unchecked_graph(trained, tmp_path, monkeypatch):
+    from impeller_bench import export
+
+    model_file, out = str(trained[0] / "train.model"), tmp_path / "m.onnx"
+    out.write_bytes(b"previous")
+    refused = CliRunner().invoke(main, ["export", model_file, "--out", str(out)])
+    assert refused.exit_code == 2 and "exists" in refused.output and out.read_bytes() == b"previous"
+
+    def mismatch(*args, **kwargs):
+        raise ImpellerBenchError("the ONNX graph's scores or maps differ from torch's")
+
+    monkeypatch.setattr(export, "check_export", mismatch)
+    failed = CliRunner().invoke(main, ["export", model_file, "--out", str(out), "--overwrite"])
+    assert failed.exit_code == 2 and out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no half-checked graph left beside it
+
+
+def test_overlay_scale_is_fixed_by_the_calibration():
+    calibration = inspection.Calibration(1.0, 2.0, 0.0, 0.01, 0.001, 3, "test")
+    image = np.full((8, 8), 100, np.uint8)
+    anomaly_map = np.zeros((8, 8))
+    anomaly_map[:4] = 4.0  # twice the threshold's distance: fully hot
+    png = inspection.overlay_png(image, anomaly_map, anomaly_map > 2.0, calibration)
+    pixels = np.asarray(Image.open(io.BytesIO(png)))
+    assert pixels.shape == (8, 16, 3)
+    assert (pixels[:, :8] == 100).all()  # the image itself on the left
+    assert (pixels[6:, 8:] == 100).all()  # normal pixels (at the reference) are not tinted
+    assert not (pixels[1, 9:15] == 100).all()  # hot pixels are
+
+
+def test_train_export_and_latency_commands(synthetic_dataset, tmp_path):
+    import onnx
+
+    model_file = tmp_path / "cli.model"
+    trained = CliRunner().invoke(main, ["train", "padim", "--dataset", str(synthetic_dataset), "--model",
+                                        str(model_file), "--false-alarm-rate", "0.05"])
+    assert trained.exit_code == 0, trained.output
+    assert "image threshold" in trained.output and "on the test set (6 good, 8 defect)" in trained.output
+    assert load_model(model_file).calibration.false_alarm_rate == 0.05
+    again = CliRunner().invoke(main, ["train", "padim", "--dataset", str(synthetic_dataset), "--model", str(model_file)])
+    assert again.exit_code == 2 and "model file exists" in again.output
+    exported = CliRunner().invoke(main, ["export", str(model_file), "--out", str(tmp_path / "m.onnx"),
+                                         "--check-images", str(synthetic_dataset / "test")])
+    assert exported.exit_code == 0, exported.output
+    assert "ONNX Runtime matches torch on 14 image(s)" in exported.output
+    metadata = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
+    assert float(metadata["image_threshold"]) == load_model(model_file).calibration.image_threshold
+    timed = CliRunner().invoke(main, ["latency", "ours", "--onnx", "--profile", "quick", "--device", "cpu",
+                                      "--runs", "2", "--warmup", "0", "--plot", str(tmp_path / "l.png")])
+    assert timed.exit_code == 0, timed.output
+    runtimes = [entry["runtime"] for entry in json.loads(timed.stdout)]
+    assert runtimes == ["torch", "onnxruntime"] and (tmp_path / "l.png").is_file()
+
+
+def test_efficientad_validation_holds_out_whole_photo_groups():
+    from impeller_bench.detectors.efficientad import validation_split
+
+    order = [5, 2, 7, 0, 1, 3, 4, 6]
+    assert validation_split(order, 3) == [5, 2, 7]
+    assert validation_split(order, 3, list(range(8))) == [5, 2, 7]  # one image per photo: as without groups
+    groups = [0, 0, 1, 1, 1, 2, 2, 3]
+    assert validation_split(order, 3, groups) == [5, 6, 2, 3, 4]  # image 5's photo (5, 6), then image 2's
+    assert validation_split([0, 1, 2], 1, [0, 0, 0]) == [0]  # one photo only: nothing else to hold out
