@@ -208,11 +208,20 @@ class InspectionModel:
         """One file (written atomically): the detector's checkpoint with the calibration and provenance."""
         self.detector.save(path, extra={"calibration": asdict(self.calibration)} | self.info)
 
+    def thresholds(self, image_threshold: float | None = None,
+                   pixel_threshold: float | None = None) -> tuple[float, float]:
+        """(image, pixel) thresholds: the ones given (checked finite), else the calibrated ones."""
+        for name, value in (("image threshold", image_threshold), ("pixel threshold", pixel_threshold)):
+            if value is not None and not math.isfinite(value):
+                raise ImpellerBenchError(f"{name} {value} is not a finite number")
+        return (self.calibration.image_threshold if image_threshold is None else image_threshold,
+                self.calibration.pixel_threshold if pixel_threshold is None else pixel_threshold)
+
     def predict(self, images: Sequence, image_threshold: float | None = None,
                 pixel_threshold: float | None = None) -> list[Judgement]:
         """Judge ``images`` (uint8 arrays of any sizes, or image file paths); thresholds default to the
         calibrated ones."""
-        require_finite_thresholds(image_threshold, pixel_threshold)
+        image_threshold, pixel_threshold = self.thresholds(image_threshold, pixel_threshold)
         if isinstance(images, (str, Path)):
             images = [images]
         for image in images:
@@ -221,8 +230,6 @@ class InspectionModel:
         paths = [str(image) if isinstance(image, (str, Path)) else None for image in images]
         arrays = [read_image(image) if path else checked_pixels(image, k) for k, (image, path) in
                   enumerate(zip(images, paths))]
-        image_threshold = self.calibration.image_threshold if image_threshold is None else image_threshold
-        pixel_threshold = self.calibration.pixel_threshold if pixel_threshold is None else pixel_threshold
         started = time.perf_counter()
         scores, maps = score_by_size(self.detector, arrays)
         seconds = (time.perf_counter() - started) / max(len(arrays), 1)
@@ -232,12 +239,6 @@ class InspectionModel:
             judgements.append(Judgement(path, float(score), "defect" if score > image_threshold else "ok",
                                         int(mask.sum()), seconds, anomaly_map, mask))
         return judgements
-
-
-def require_finite_thresholds(image_threshold: float | None, pixel_threshold: float | None) -> None:
-    for name, value in (("image threshold", image_threshold), ("pixel threshold", pixel_threshold)):
-        if value is not None and not math.isfinite(value):
-            raise ImpellerBenchError(f"{name} {value} is not a finite number")
 
 
 def checked_pixels(image, index: int) -> np.ndarray:
@@ -336,13 +337,11 @@ def predict_files(model: InspectionModel, inputs: Iterable[str | Path], out: str
     - ``summary.json``: counts, thresholds, throughput.
 
     Images are read, scored and written ``batch_size`` at a time, so memory does not grow with their number."""
-    require_finite_thresholds(image_threshold, pixel_threshold)
+    image_threshold, pixel_threshold = model.thresholds(image_threshold, pixel_threshold)
     inputs = list(inputs)
     files = input_files(inputs)
     if not files:
         raise ImpellerBenchError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
-    image_threshold = model.calibration.image_threshold if image_threshold is None else image_threshold
-    pixel_threshold = model.calibration.pixel_threshold if pixel_threshold is None else pixel_threshold
     rows, skipped = [], []
     batches = [files[k:k + batch_size] for k in range(0, len(files), batch_size)]
     started = time.perf_counter()

@@ -385,8 +385,9 @@ def validation_split(order: list[int], count: int, groups=None) -> list[int]:
     for k in order:
         if len(held) >= count:
             break
-        if k not in held and len(held) + len(members[groups[k]]) < len(order):
-            held += members[groups[k]]
+        group = members.pop(groups[k], None)  # None: k's group is held already
+        if group is not None and len(held) + len(group) < len(order):
+            held += group
     return held or order[:count]
 
 
@@ -509,7 +510,8 @@ class EfficientAD(ScoredByModule, Detector):
         held = validation_split(order, max(1, int(round(c.validation_fraction * len(data)))), groups)
         # Never trained on: the maps' quantiles are fitted on them, and a model file's thresholds calibrated.
         self.validation_indices = held
-        kept = [k for k in order if k not in set(held)]
+        held_set = set(held)
+        kept = [k for k in order if k not in held_set]
         validation, train = data[held], data[kept]
         self.teacher.eval()
         if self.teacher_kind == "features":
