@@ -340,7 +340,10 @@ def cached_teacher(backbone: str = "efficientnet_lite0", seed: int = 0, cache_di
 
 def distilled_backbone(spec: str) -> str:
     """The backbone of a teacher spec ``distilled`` (EfficientNet-Lite0) or ``distilled:BACKBONE``."""
-    backbone = spec.partition(":")[2] or "efficientnet_lite0"
+    name, colon, backbone = spec.partition(":")
+    if colon and not backbone:
+        raise ImpellerBenchError(f"teacher {spec!r} names no backbone: 'distilled' or 'distilled:BACKBONE'")
+    backbone = backbone or "efficientnet_lite0"
     distill_stages(backbone)
     return backbone
 

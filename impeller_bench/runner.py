@@ -75,6 +75,11 @@ def fit_on(dataset, method: str, config: dict, device: str | None, progress=None
     then ``method`` with ``config`` fitted on train/good (given the photo groups, where known)."""
     require_valid(dataset, progress)
     detector = detectors.create(method, device=device, **config)
+    if getattr(detector, "teacher_kind", None) == "distilled":  # made once per machine: with progress, before the fit
+        from .distill import SHARED_TEACHER_SEED, cached_teacher, distilled_backbone
+
+        cached_teacher(distilled_backbone(detector.config.teacher), SHARED_TEACHER_SEED, progress=progress,
+                       pdn_size=detector.config.pdn)
     train = [s.load_image() for s in dataset.train]
     started = time.perf_counter()
     detector.fit(train, progress, training_groups(dataset))

@@ -139,6 +139,8 @@ def test_distilled_teacher_specs_are_checked():
         detectors.create("ours", teacher="distilled:resnet9", device="cpu")
     with pytest.raises(ImpellerBenchError, match="distilled"):
         detectors.create("ours", teacher="distiled", device="cpu")
+    with pytest.raises(ImpellerBenchError, match="names no backbone"):
+        detectors.create("ours", teacher="distilled:", device="cpu")
 
 
 def test_distill_teacher_command_uses_free_images_and_has_no_dataset_option(tiny, tmp_path):
@@ -150,3 +152,21 @@ def test_distill_teacher_command_uses_free_images_and_has_no_dataset_option(tiny
     assert "free to use" in sidecar["image_licence"] and sidecar["backbone"].startswith("efficientnet_lite0")
     result = CliRunner().invoke(main, ["distill-teacher", "--out", str(out), "--dataset", str(tmp_path)])
     assert result.exit_code == 2 and "No such option" in result.output and "--dataset" in result.output
+
+
+def test_run_with_a_distilled_teacher_distils_it_first_with_progress(tiny, synthetic_dataset, tmp_path):
+    """First use on a machine: the teacher is distilled (progress shown) before the fit, then taken from the cache."""
+    from impeller_bench.runner import run_method
+
+    labels = []
+
+    def progress(iterable, label, status=None):
+        labels.append(label)
+        return iterable
+
+    run_method("ours", synthetic_dataset, tmp_path / "run", steps=2, device="cpu", progress=progress,
+               teacher="distilled", precision="float32", image_size=64, cached_views=2)
+    assert labels.index("distilling") < labels.index("training")
+    assert len(list((tiny / "teachers").glob("*.pt"))) == 1
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["teacher"].startswith("PDN distilled from efficientnet_lite0")

@@ -278,7 +278,7 @@ def test_local_anomaly_map_ignores_the_autoencoder_and_combined_does_not(trained
 @pytest.mark.parametrize("distances, stop_distance, plateau, stopped_at", [
     ([1.0, 0.9, 0.89], 0.0, 0.02, 6),  # the third check improves by 1.1% < 2%
     ([1.0, 0.15], 0.2, 0.02, 4),  # at or below stop_distance
-    ([1.0, 0.3, 0.1], 0.2, None, 4),  # at or below stop_distance, no plateau rule
+    ([1.0, 1.2, 0.1], 0.2, None, 6),  # worse, then at or below stop_distance: no plateau rule
     ([0.9 ** k for k in range(40)], 0.0, 0.02, None),  # always 10% better: every step, no check past the decay
     ([1.0, 1.5] * 20, 0.1, None, None),  # worse and better by turns: without the plateau rule, never stopped
 ])
@@ -330,6 +330,15 @@ def test_auto_precision_is_the_measured_faster_one():
     choice = fastest_precision(torch.device("cpu"))
     assert choice in ("float32", "bfloat16") and fastest_precision(torch.device("cpu")) == choice  # measured once
     assert detectors.create("ours", precision="auto", device="cpu").training_precision == choice
+
+
+def test_auto_precision_is_measured_inside_a_no_grad_pass_too(monkeypatch):
+    """A distilled teacher made on first use measures the precision inside the detector's no_grad teacher pass."""
+    from impeller_bench.detectors import efficientad
+
+    monkeypatch.setattr(efficientad, "_FASTEST_PRECISION", {})
+    with torch.no_grad():
+        assert efficientad.fastest_precision(torch.device("cpu")) in ("float32", "bfloat16")
 
 
 def test_the_quick_profile_detects_where_a_random_teacher_does_not(tmp_path):

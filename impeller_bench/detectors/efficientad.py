@@ -434,7 +434,9 @@ def fastest_precision(device: torch.device) -> str:
             timings = []
             for _ in range(4):
                 started = time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                # (enable_grad: the first call may come from inside a no_grad pass, e.g. a teacher distilled on use)
+                with torch.enable_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                         enabled=precision == "bfloat16"):
                     loss = model(x.contiguous(memory_format=layout)).float().square().mean()
                 loss.backward()
                 if device.type == "cuda":
