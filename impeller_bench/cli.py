@@ -239,6 +239,11 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
                f"(synthetic, size {size}, seed {seed}, {len(manifest['entries'])} images)")
 
 
+_anomaly_map_option = click.option(
+    "--anomaly-map", type=click.Choice(["combined", "local"]),
+    help="ours/efficientad's anomaly map: combined (published: student-teacher and autoencoder maps averaged; the "
+         "paper profile's) or local (the student-teacher map alone; the quick profile's).")
+
 _TRAINING_OPTIONS = (
     click.option("--profile", default="quick", show_default=True, type=click.Choice(["quick", "paper"]),
                  help="quick: the CPU default; paper: the published recipe (70,000 steps, batch 1, 256x256), for GPUs."),
@@ -256,9 +261,7 @@ _TRAINING_OPTIONS = (
     click.option("--map-padding", type=click.Choice(["minimum", "zero"]),
                  help="ours/efficientad's 4-cell map frame, for ablations: minimum (ranks as normal) or zero "
                       "(published). Implies no border cover (the quick profile's maps cover the border: no frame)."),
-    click.option("--anomaly-map", type=click.Choice(["combined", "local"]),
-                 help="ours/efficientad's anomaly map: combined (published: student-teacher and autoencoder maps "
-                      "averaged; the paper profile's) or local (the student-teacher map alone; the quick profile's)."),
+    _anomaly_map_option,
     click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
                  help="Autoencoder decoder, for ablations (default: the method's own)."),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations."),
@@ -420,14 +423,16 @@ def predict_command(model, inputs, out, image_threshold, pixel_threshold, batch_
                    "default: each method's configuration at 256x256).")
 @click.option("--onnx", is_flag=True, help="Also time the same path exported to ONNX, under ONNX Runtime on the CPU "
                                           "(ours, efficientad, padim, patchcore).")
-def latency_command(methods, device, runs, warmup, json_path, plot_path, profile, onnx):
-    """Latency per image at batch 1, 256x256, host to device and back (median and 90th percentile)."""
+@_anomaly_map_option
+def latency_command(methods, device, runs, warmup, json_path, plot_path, profile, onnx, anomaly_map):
+    """Latency per image at batch 1, 256x256, host to device and back (median and 90th percentile); several
+    methods are timed interleaved, one call of each in turn."""
     from .imageio import atomic_write_bytes
-    from .latency import latency_plot, measure_latency
+    from .latency import latency_plot, measure_latencies
 
-    runtimes = (False, True) if onnx else (False,)
-    results = [measure_latency(m, device, runs, warmup, profile=profile, onnx=on_onnx)
-               for m in methods for on_onnx in runtimes]
+    results = measure_latencies(methods, device, runs, warmup, profile=profile,
+                                runtimes=(False, True) if onnx else (False,),
+                                options={"anomaly_map": anomaly_map} if anomaly_map else None)
     text = json.dumps(results, indent=1)
     click.echo(text)
     if json_path:

@@ -2,7 +2,9 @@
 
 Each method is timed on a fresh detector with untrained weights and neutral
 normalisation (the cost of a forward pass does not depend on the weights),
-after warm-up runs; the median and 90th percentile are reported. With
+after warm-up runs; the median and 90th percentile are reported. Methods timed
+together are timed interleaved (one call of each in turn), so that a drifting
+machine load does not favour the first or the last. With
 ``onnx=True`` the same path (image resized to the model's input size, scored,
 map back at the image's size) runs through ONNX Runtime on the CPU instead of
 torch, from the detector exported to a temporary file.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,36 +24,49 @@ from .detectors.base import parse_device
 from .errors import ImpellerBenchError
 
 
+def measure_latencies(methods: Sequence[str], device: str | None = None, runs: int = 50, warmup: int = 5,
+                      image_size: int = 256, seed: int = 0, profile: str | None = None, onnx: bool = False,
+                      runtimes: Sequence[bool] | None = None, options: dict | None = None) -> list[dict]:
+    """One result per method (and runtime), timed interleaved: run k of every method, then run k + 1, so that
+    a machine's drifting load (turbo, other processes) weighs on every method alike.
+
+    ``profile``: time the model a run with that profile trains (its own input size; the image stays
+    ``image_size``); None: the method's configuration at ``image_size``. ``runtimes``: False for torch, True for
+    ONNX Runtime (CPU execution provider, torch's thread count) on the exported detector; default: ONNX Runtime
+    alone with ``onnx``, else torch. ``options``: configuration overrides for every method (e.g. the anomaly
+    map). All the models are held at once (memory: their sum), and each call runs
+    after the others' (caches as a line running several models would have them)."""
+    runtimes = tuple(runtimes) if runtimes is not None else ((True,) if onnx else (False,))
+    for method in methods:  # every refusal before any model is built
+        detectors.check_options(method, options or {})
+        if True in runtimes:
+            _require_onnx_timing(method, device)
+    image = np.random.default_rng(seed).integers(0, 256, (image_size, image_size), dtype=np.uint8)
+    results, scorers = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for method in methods:
+            config = ({"image_size": image_size} | (detectors.detector_class(method).profiles[profile] if profile else {})
+                      | (options or {}))
+            for on_onnx in runtimes:
+                detector = detectors.create(method, device="cpu" if on_onnx else device, seed=seed, **config)
+                detector.prepare_untrained()
+                scorers.append(_onnx_scoring(detector, Path(folder) / f"{len(scorers)}.onnx") if on_onnx
+                               else detector.score_images)
+                results.append({
+                    "method": method, "runtime": "onnxruntime" if on_onnx else "torch",
+                    "device": str(detector.device), "threads": torch.get_num_threads(), "image_size": image_size,
+                    "profile": profile, "model_image_size": detector.config.image_size, "options": options or {},
+                    "batch_size": 1, "runs": runs, "warmup": warmup, "interleaved_with": len(methods) * len(runtimes),
+                })
+        for result, times in zip(results, _interleaved_timings(scorers, image, runs, warmup)):
+            result |= {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
+    return results
+
+
 def measure_latency(method: str, device: str | None = None, runs: int = 50, warmup: int = 5,
                     image_size: int = 256, seed: int = 0, profile: str | None = None, onnx: bool = False) -> dict:
-    """``profile``: time the model a run with that profile trains (its own input size; the image stays
-    ``image_size``); None: the method's configuration at ``image_size``. ``onnx``: time ONNX Runtime (CPU
-    execution provider, torch's thread count) on the exported detector instead of torch."""
-    if onnx:
-        _require_onnx_timing(method, device)
-    config = {"image_size": image_size} | (detectors.detector_class(method).profiles[profile] if profile else {})
-    detector = detectors.create(method, device="cpu" if onnx else device, seed=seed, **config)
-    detector.prepare_untrained()
-    image = np.random.default_rng(seed).integers(0, 256, (image_size, image_size), dtype=np.uint8)
-    if onnx:
-        with tempfile.TemporaryDirectory() as folder:
-            times = _timings(_onnx_scoring(detector, Path(folder) / "model.onnx"), image, runs, warmup)
-    else:
-        times = _timings(detector.score_images, image, runs, warmup)
-    return {
-        "method": method,
-        "runtime": "onnxruntime" if onnx else "torch",
-        "device": str(detector.device),
-        "threads": torch.get_num_threads(),
-        "image_size": image_size,
-        "profile": profile,
-        "model_image_size": detector.config.image_size,
-        "batch_size": 1,
-        "runs": runs,
-        "warmup": warmup,
-        "median_ms": float(np.median(times)),
-        "p90_ms": float(np.percentile(times, 90)),
-    }
+    """One method's latency, alone (see ``measure_latencies``)."""
+    return measure_latencies([method], device, runs, warmup, image_size, seed, profile, onnx)[0]
 
 
 def _require_onnx_timing(method: str, device: str | None) -> None:
@@ -72,15 +87,17 @@ def _onnx_scoring(detector: detectors.Detector, path: Path) -> Callable:
     return onnx_scorer(path, threads=torch.get_num_threads()).score_images
 
 
-def _timings(score_images: Callable, image: np.ndarray, runs: int, warmup: int) -> list[float]:
-    """Milliseconds of each of ``runs`` calls on ``[image]``, after ``warmup`` untimed ones."""
-    times = []
+def _interleaved_timings(scorers: Sequence[Callable], image: np.ndarray, runs: int, warmup: int) -> list[list[float]]:
+    """Milliseconds of each of ``runs`` calls of each scorer on ``[image]``, after ``warmup`` untimed rounds; one
+    round calls every scorer once, in turn."""
+    times = [[] for _ in scorers]
     with torch.inference_mode():
         for k in range(warmup + runs):
-            start = time.perf_counter()
-            score_images([image])  # ends with the map back on the host
-            if k >= warmup:
-                times.append(1000 * (time.perf_counter() - start))
+            for score_images, own in zip(scorers, times):
+                start = time.perf_counter()
+                score_images([image])  # ends with the map back on the host
+                if k >= warmup:
+                    own.append(1000 * (time.perf_counter() - start))
     return times
 
 

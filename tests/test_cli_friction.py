@@ -108,7 +108,7 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError("the command started its work")
 
-    for module, name in ((runner, "run_method"), (latency, "measure_latency"), (distill, "distill_teacher")):
+    for module, name in ((runner, "run_method"), (latency, "measure_latencies"), (distill, "distill_teacher")):
         monkeypatch.setattr(module, name, work)
 
 

@@ -150,6 +150,35 @@ def test_latency_command_reports_median_and_p90(tmp_path):
     assert all(0 < f["median_ms"] <= f["p90_ms"] for f in figures) and (tmp_path / "lat.png").stat().st_size > 0
 
 
+def test_methods_timed_together_are_timed_in_turn():
+    from impeller_bench.latency import _interleaved_timings
+
+    calls = []
+    scorers = [lambda images, name=name: calls.append(name) for name in "ab"]
+    times = _interleaved_timings(scorers, np.zeros((4, 4), np.uint8), runs=3, warmup=1)
+    assert calls == list("ab" * 4)  # warm-up round, then three timed rounds, each method once per round
+    assert [len(t) for t in times] == [3, 3]
+
+
+def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(monkeypatch):
+    from impeller_bench import latency
+
+    built = []
+    create = detectors.create
+    monkeypatch.setattr(detectors, "create", lambda name, **kw: built.append((name, kw.get("anomaly_map"))) or
+                        create(name, **kw))
+    results = latency.measure_latencies(["ours", "efficientad"], "cpu", runs=1, warmup=0, image_size=64,
+                                        options={"anomaly_map": "local"})
+    assert built == [("ours", "local"), ("efficientad", "local")]  # (both default to "combined")
+    assert [(r["method"], r["options"], r["interleaved_with"]) for r in results] == [
+        ("ours", {"anomaly_map": "local"}, 2), ("efficientad", {"anomaly_map": "local"}, 2)]
+    built.clear()
+    with pytest.raises(ImpellerBenchError, match="patchcore has no option"):
+        latency.measure_latencies(["ours", "patchcore"], "cpu", runs=1, warmup=0, image_size=64,
+                                  options={"anomaly_map": "local"})
+    assert built == []
+
+
 def test_distilled_teacher_loads_into_the_detector(tmp_path):
     import json
 
@@ -255,6 +284,33 @@ def test_border_cover_maps_every_pixel_and_scores_only_whole_patches():
     np.testing.assert_allclose(scores, grid[:, 0, 4:-4, 4:-4].amax(dim=(1, 2)).numpy(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("cover_border", [True, False])
+def test_image_score_is_the_mean_of_the_highest_cells(cover_border):
+    detector = detectors.create("ours", image_size=64, steps=2, batch_size=2, seed=0, device="cpu",
+                                cover_border=cover_border, anomaly_map="local", precision="float32")
+    detector.fit(synthetic_images("train", "good", 4, size=64))
+    images = synthetic_images("test", "defect", 3, size=64)
+    x01 = detector._batch01(images)
+    local = detector._raw_maps(x01)[0][:, 0]
+    qa_l, qb_l = detector.buffers["quantiles"][:2]
+    cells = 0.1 * (local - qa_l) / (qb_l - qa_l)
+    cells = (cells[:, 4:-4, 4:-4] if cover_border else cells).flatten(1).numpy()  # whole patches only
+    assert cells.shape[1] == 64  # 8 x 8 whole patches either way at 64 px
+    # share -> cells: 0 -> 1 (the maximum), 0.05 -> round(3.2) = 3, 0.2 -> round(12.8) = 13, 1 -> all
+    for share, count in ((0.0, 1), (0.05, 3), (0.2, 13), (1.0, cells.shape[1])):
+        detector.config.image_score_share = share
+        scores, maps = detector.score_images(images)
+        expected = np.array([np.mean(sorted(row)[::-1][:count]) for row in cells])
+        if share == 0 and not cover_border:  # the published score: the maximum of the framed, resized map,
+            gap = expected - maps.max(axis=(1, 2))  # which bilinear resizing keeps at or under the highest cell's
+            assert np.all(gap >= -1e-6) and np.any(gap > 1e-6)
+            expected = maps.max(axis=(1, 2))
+        np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    for share in (-0.1, 1.5):
+        with pytest.raises(ImpellerBenchError, match="image_score_share"):
+            detectors.create("ours", image_score_share=share)
+
+
 def test_local_anomaly_map_ignores_the_autoencoder_and_combined_does_not(trained):
     images = synthetic_images("test", "defect", 2)
     copies = {}
@@ -306,7 +362,7 @@ def test_early_stopping_distance_is_the_held_out_student_teacher_distance():
 
     validation = detector._batch01(synthetic_images("train", "good", 4, size=64))[detector.validation_indices]
     local, _ = detector._raw_maps(validation)  # channel mean of (T - S)^2 per cell
-    distance = EarlyStop(detector, validation, detector.config).distance()
+    distance = EarlyStop(detector, validation).distance()
     assert distance == pytest.approx(float(local.mean()), rel=1e-5)
 
 

@@ -18,9 +18,10 @@ from impeller_bench.export import check_export, export_onnx, exportable_methods,
 # float32 alone rounds by 1e-4).
 CONFIGS = {
     "ours": detectors.detector_class("ours").profiles["quick"] | {"steps": 2, "precision": "float32", "cached_views": 2},
-    # The published layout: a PDN teacher (random here: a file's loads into the same network), the frame, dropout.
+    # The published layout: a PDN teacher (random here: a file's loads into the same network), the frame, dropout;
+    # and the image score from the highest 5% of the cells (top-k in the graph).
     "efficientad": {"image_size": 64, "steps": 2, "batch_size": 2, "precision": "float32", "teacher": "random",
-                    "student_width": 0.25},
+                    "student_width": 0.25, "image_score_share": 0.05},
     "padim": {"image_size": 64, "channels": 6},
     "patchcore": {"image_size": 64},
 }

@@ -47,13 +47,18 @@ def detector_class(name: str) -> type["Detector"]:
     return _REGISTRY[name]
 
 
-def create(name: str, device: str | None = None, **config) -> "Detector":
-    """A new, unfitted detector; ``config`` overrides fields of its config dataclass."""
-    cls = detector_class(name)
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    unknown = set(config) - fields
+def check_options(name: str, options) -> None:
+    """One error unless detector ``name``'s configuration has every field named in ``options``."""
+    fields = {f.name for f in dataclasses.fields(detector_class(name).config_class)}
+    unknown = set(options) - fields
     if unknown:
         raise ImpellerBenchError(f"{name} has no option(s) {', '.join(sorted(unknown))}; options: {', '.join(sorted(fields))}")
+
+
+def create(name: str, device: str | None = None, **config) -> "Detector":
+    """A new, unfitted detector; ``config`` overrides fields of its config dataclass."""
+    check_options(name, config)
+    cls = detector_class(name)
     return cls(cls.config_class(**config), name=name, device=device)
 
 

@@ -26,7 +26,9 @@
   the mostly negative normalised map (a bright frame); the default pads with
   each map's minimum (``map_padding``). With ``cover_border`` the input is
   mirrored outwards first, so the map needs no frame, and the image score is
-  the maximum over the cells whose patch holds no mirrored pixel.
+  the maximum over the cells whose patch holds no mirrored pixel. With
+  ``image_score_share`` the image score is the mean of that share of the
+  cells, the highest, instead of the maximum (an ablation).
 
 The quick profile's economies (cached teacher outputs, one student pass per
 step, a half-width student) are options of the same loop; the published loop
@@ -296,6 +298,11 @@ class EfficientADConfig:
     # "combined" (published): the mean of the normalised student-teacher (local) and autoencoder (global) maps.
     # "local": the normalised local map alone (the autoencoder still trains the student's second half).
     anomaly_map: str = "combined"
+    # The image score (an ablation): the mean of this share of the anomaly map's cells, the highest (at the PDN's
+    # stride, before resizing and framing; at least one cell); 0: the map's maximum, as published (without border
+    # cover: the maximum of the framed, resized map, which bilinear resizing makes a little lower than the
+    # highest cell's). The idea: single cells of normal parts may score high by chance, a defect raises a patch.
+    image_score_share: float = 0.0
     # True: the input is mirrored outwards by 16 pixels per side first, so the maps cover the whole image at the
     # PDN's stride and need no frame (image_size + 32 must then be a multiple of 32).
     cover_border: bool = False
@@ -347,6 +354,12 @@ class EfficientADScorer(nn.Module):
         self.channels, self.model_input_size = detector.channels, detector.model_input_size
         self.cover_border, self.zero_frame = detector.config.cover_border, detector.config.map_padding == "zero"
         self.local_only = detector.config.anomaly_map == "local"
+        # The cells the image score takes the mean of (0: their maximum); fixed by the input size, so that an
+        # exported graph holds a constant.
+        inner = PDN_BORDER // 4 if self.cover_border else 0
+        cells = (teacher_size(detector.input_size) - 2 * inner) ** 2
+        share = detector.config.image_score_share
+        self.image_score_cells = max(1, round(share * cells)) if share > 0 else 0
 
     def teacher_output(self, x01: torch.Tensor) -> torch.Tensor:
         """The teacher's features, normalised per channel with the training images' statistics."""
@@ -373,11 +386,13 @@ class EfficientADScorer(nn.Module):
     def forward(self, x01: torch.Tensor, size: tuple[int, int] | None = None):
         grid = self.combined(*self.raw_maps(mirror_border(x01, self.cover_border), with_global=not self.local_only))
         scores = None
-        if self.cover_border:
+        if self.cover_border or self.image_score_cells:
             # Scored only where a patch holds no mirrored pixels (the published map's cells); mapped everywhere.
             inner = PDN_BORDER // 4
-            scores = grid[..., inner:-inner, inner:-inner].amax(dim=(1, 2, 3))
-        else:
+            cells = (grid[..., inner:-inner, inner:-inner] if self.cover_border else grid).flatten(1)
+            scores = (torch.topk(cells, self.image_score_cells, dim=1).values.mean(dim=1) if self.image_score_cells
+                      else cells.amax(dim=1))
+        if not self.cover_border:
             frame = 0.0 if self.zero_frame else grid.amin(dim=(2, 3), keepdim=True)
             grid = F.pad(grid - frame, [MAP_PADDING] * 4) + frame
         size = size or (self.model_input_size, self.model_input_size)
@@ -448,10 +463,11 @@ def fastest_precision(device: torch.device) -> str:
 
 
 class EarlyStop:
-    """The student's held-out distance, checked every ``stop_check_every`` steps (see ``EfficientADConfig``)."""
+    """The student's held-out distance, checked every ``stop_check_every`` steps of its detector's configuration
+    (see ``EfficientADConfig``)."""
 
-    def __init__(self, detector: "EfficientAD", validation: torch.Tensor, config: EfficientADConfig):
-        self.detector, self.validation, self.config = detector, validation, config
+    def __init__(self, detector: "EfficientAD", validation: torch.Tensor):
+        self.detector, self.validation, self.config = detector, validation, detector.config
         self.targets = None  # the frozen teacher's outputs on the validation images, computed at the first check
         self.history: list[tuple[int, float]] = []
 
@@ -510,6 +526,8 @@ class EfficientAD(ScoredByModule, Detector):
             raise ImpellerBenchError(f"unknown map padding {c.map_padding!r} ({' or '.join(MAP_PADDINGS)})")
         if c.anomaly_map not in ANOMALY_MAPS:
             raise ImpellerBenchError(f"unknown anomaly map {c.anomaly_map!r} ({' or '.join(ANOMALY_MAPS)})")
+        if not 0 <= c.image_score_share <= 1:
+            raise ImpellerBenchError(f"image_score_share is a share of the map's cells, from 0 to 1, not {c.image_score_share}")
         self.teacher_kind = teacher_kind(c.teacher)
         torch.manual_seed(c.seed)
         self.input_size = c.image_size + (2 * PDN_BORDER if c.cover_border else 0)
@@ -622,7 +640,7 @@ class EfficientAD(ScoredByModule, Detector):
                 group["lr"] = lr
 
         decay_at = max(1, int(0.95 * c.steps))
-        stopping = EarlyStop(self, validation, c) if c.stop_check_every else None
+        stopping = EarlyStop(self, validation) if c.stop_check_every else None
         done, stopped = 0, False
         steps = range(c.steps)
         for step in (progress(steps, "training", meter.status) if progress else steps):
