@@ -354,6 +354,15 @@ def test_early_stopping_on_held_out_distances(monkeypatch, distances, stop_dista
         assert detector.steps_trained == stopped_at + max(1, round(stopped_at / 19))  # the tail at lr / 10
 
 
+@pytest.mark.parametrize("teacher, steps_trained", [("efficientnet_lite0", 2 + 1), ("random", 6)])
+def test_early_stopping_applies_to_a_feature_teacher_only(teacher, steps_trained):
+    detector = detectors.create("ours", image_size=64, steps=6, batch_size=2, seed=0, device="cpu", precision="float32",
+                                teacher=teacher, stop_check_every=2, stop_distance=1e9)  # any distance stops
+    detector.fit(synthetic_images("train", "good", 4, size=64))
+    assert detector.steps_trained == steps_trained
+    assert len(detector.validation_distances) == (1 if teacher != "random" else 0)
+
+
 def test_early_stopping_distance_is_the_held_out_student_teacher_distance():
     detector = detectors.create("ours", image_size=64, steps=4, batch_size=2, seed=0, device="cpu", precision="float32",
                                 stop_check_every=2)

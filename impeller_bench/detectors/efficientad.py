@@ -321,7 +321,8 @@ class EfficientADConfig:
     # first check where it is at most stop_distance (the student reproduces that much of the teacher's variance
     # on unseen normal images: 0.2 = 80%) or, with stop_min_improvement (a fraction; None: never), improved on
     # the previous check by less than that, then trains a final tail of 1/19 of the steps done at lr x 0.1 (so
-    # the published decay still covers the last 5%). Checks stop where a full-length run would decay.
+    # the published decay still covers the last 5%). Checks stop where a full-length run would decay. A feature
+    # teacher's only: with a PDN teacher (file, distilled, random) every step is trained.
     stop_check_every: int = 0
     stop_distance: float = 0.0
     stop_min_improvement: float | None = None
@@ -640,7 +641,10 @@ class EfficientAD(ScoredByModule, Detector):
                 group["lr"] = lr
 
         decay_at = max(1, int(0.95 * c.steps))
-        stopping = EarlyStop(self, validation) if c.stop_check_every else None
+        # The held-out distance tracks quality for a feature teacher only: a student of a PDN teacher's own
+        # architecture imitates it at once (built-in data, distilled teacher: distance 0.018 at the first check,
+        # image AUROC 69.5 stopped there against 80.3 after 2,000 steps), so a PDN teacher trains every step.
+        stopping = EarlyStop(self, validation) if c.stop_check_every and self.teacher_kind == "features" else None
         done, stopped = 0, False
         steps = range(c.steps)
         for step in (progress(steps, "training", meter.status) if progress else steps):
