@@ -37,6 +37,9 @@ def measure_latencies(methods: Sequence[str], device: str | None = None, runs: i
     map). All the models are held at once (memory: their sum), and each call runs
     after the others' (caches as a line running several models would have them)."""
     runtimes = tuple(runtimes) if runtimes is not None else ((True,) if onnx else (False,))
+    twice = sorted({m for m in methods if list(methods).count(m) > 1})
+    if twice:
+        raise ImpellerBenchError(f"method(s) named twice: {', '.join(twice)}")
     for method in methods:  # every refusal before any model is built
         detectors.check_options(method, options or {})
         if True in runtimes:
@@ -57,7 +60,7 @@ def measure_latencies(methods: Sequence[str], device: str | None = None, runs: i
                     "device": str(detector.device), "threads": torch.get_num_threads(), "image_size": image_size,
                     "profile": profile, "model_image_size": detector.config.image_size, "options": options or {},
                     "batch_size": 1, "runs": runs, "warmup": warmup, "interleaved_with": len(methods) * len(runtimes),
-                })
+                } | ({"anomaly_map": detector.config.anomaly_map} if hasattr(detector.config, "anomaly_map") else {}))
         for result, times in zip(results, _interleaved_timings(scorers, image, runs, warmup)):
             result |= {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
     return results

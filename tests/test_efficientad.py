@@ -170,12 +170,23 @@ def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(m
     results = latency.measure_latencies(["ours", "efficientad"], "cpu", runs=1, warmup=0, image_size=64,
                                         options={"anomaly_map": "local"})
     assert built == [("ours", "local"), ("efficientad", "local")]  # (both default to "combined")
-    assert [(r["method"], r["options"], r["interleaved_with"]) for r in results] == [
-        ("ours", {"anomaly_map": "local"}, 2), ("efficientad", {"anomaly_map": "local"}, 2)]
+    assert [(r["method"], r["options"], r["interleaved_with"], r["anomaly_map"]) for r in results] == [
+        ("ours", {"anomaly_map": "local"}, 2, "local"), ("efficientad", {"anomaly_map": "local"}, 2, "local")]
+    # The map a profile sets is on record too, given or not.
+    assert latency.measure_latencies(["ours"], "cpu", runs=1, warmup=0, profile="quick")[0]["anomaly_map"] == "local"
     built.clear()
     with pytest.raises(ImpellerBenchError, match="patchcore has no option"):
         latency.measure_latencies(["ours", "patchcore"], "cpu", runs=1, warmup=0, image_size=64,
                                   options={"anomaly_map": "local"})
+    with pytest.raises(ImpellerBenchError, match="named twice: ours"):
+        latency.measure_latencies(["ours", "padim", "ours"], "cpu", runs=1, warmup=0, image_size=64)
+    assert built == []
+    from click.testing import CliRunner
+
+    from impeller_bench.cli import main
+
+    refused = CliRunner().invoke(main, ["latency", "ours", "padim", "--anomaly-map", "local", "--device", "cpu"])
+    assert refused.exit_code != 0 and "--anomaly-map applies to ours and efficientad, not padim" in refused.output
     assert built == []
 
 
