@@ -427,15 +427,12 @@ def predict_command(model, inputs, out, image_threshold, pixel_threshold, batch_
 def latency_command(methods, device, runs, warmup, json_path, plot_path, profile, onnx, anomaly_map):
     """Latency per image at batch 1, 256x256, host to device and back (median and 90th percentile); several
     methods are timed interleaved, one call of each in turn."""
-    import dataclasses
-
-    from .detectors import detector_class
+    from .detectors import option_names
     from .imageio import atomic_write_bytes
     from .latency import latency_plot, measure_latencies
 
     if anomaly_map:
-        without = [m for m in methods if "anomaly_map" not in
-                   {f.name for f in dataclasses.fields(detector_class(m).config_class)}]
+        without = [m for m in methods if "anomaly_map" not in option_names(m)]
         if without:
             raise ImpellerBenchError(f"--anomaly-map applies to ours and efficientad, not {', '.join(without)}")
     results = measure_latencies(methods, device, runs, warmup, profile=profile,

@@ -5,7 +5,7 @@ normalisation (the cost of a forward pass does not depend on the weights),
 after warm-up runs; the median and 90th percentile are reported. Methods timed
 together are timed interleaved (one call of each in turn), so that a drifting
 machine load does not favour the first or the last. With
-``onnx=True`` the same path (image resized to the model's input size, scored,
+``runtimes=(True,)`` the same path (image resized to the model's input size, scored,
 map back at the image's size) runs through ONNX Runtime on the CPU instead of
 torch, from the detector exported to a temporary file.
 """
@@ -25,18 +25,16 @@ from .errors import ImpellerBenchError
 
 
 def measure_latencies(methods: Sequence[str], device: str | None = None, runs: int = 50, warmup: int = 5,
-                      image_size: int = 256, seed: int = 0, profile: str | None = None, onnx: bool = False,
-                      runtimes: Sequence[bool] | None = None, options: dict | None = None) -> list[dict]:
+                      image_size: int = 256, seed: int = 0, profile: str | None = None,
+                      runtimes: Sequence[bool] = (False,), options: dict | None = None) -> list[dict]:
     """One result per method (and runtime), timed interleaved: run k of every method, then run k + 1, so that
     a machine's drifting load (turbo, other processes) weighs on every method alike.
 
     ``profile``: time the model a run with that profile trains (its own input size; the image stays
     ``image_size``); None: the method's configuration at ``image_size``. ``runtimes``: False for torch, True for
-    ONNX Runtime (CPU execution provider, torch's thread count) on the exported detector; default: ONNX Runtime
-    alone with ``onnx``, else torch. ``options``: configuration overrides for every method (e.g. the anomaly
+    ONNX Runtime (CPU execution provider, torch's thread count) on the exported detector. ``options``: configuration overrides for every method (e.g. the anomaly
     map). All the models are held at once (memory: their sum), and each call runs
     after the others' (caches as a line running several models would have them)."""
-    runtimes = tuple(runtimes) if runtimes is not None else ((True,) if onnx else (False,))
     twice = sorted({m for m in methods if list(methods).count(m) > 1})
     if twice:
         raise ImpellerBenchError(f"method(s) named twice: {', '.join(twice)}")
@@ -69,7 +67,7 @@ def measure_latencies(methods: Sequence[str], device: str | None = None, runs: i
 def measure_latency(method: str, device: str | None = None, runs: int = 50, warmup: int = 5,
                     image_size: int = 256, seed: int = 0, profile: str | None = None, onnx: bool = False) -> dict:
     """One method's latency, alone (see ``measure_latencies``)."""
-    return measure_latencies([method], device, runs, warmup, image_size, seed, profile, onnx)[0]
+    return measure_latencies([method], device, runs, warmup, image_size, seed, profile, runtimes=(onnx,))[0]
 
 
 def _require_onnx_timing(method: str, device: str | None) -> None:

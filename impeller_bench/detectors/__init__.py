@@ -11,7 +11,7 @@ Images are uint8 numpy arrays, H x W (grey) or H x W x 3, all of one size.
 """
 from __future__ import annotations
 
-from .base import Detector, available, check_options, create, detector_class, load, register
+from .base import Detector, available, check_options, create, detector_class, load, option_names, register
 
 # Importing a detector module registers it.
 from . import ast, efficientad, padim, patchcore, patchsvdd, spade  # noqa: E402,F401

@@ -47,9 +47,14 @@ def detector_class(name: str) -> type["Detector"]:
     return _REGISTRY[name]
 
 
+def option_names(name: str) -> set[str]:
+    """The fields of detector ``name``'s configuration."""
+    return {f.name for f in dataclasses.fields(detector_class(name).config_class)}
+
+
 def check_options(name: str, options) -> None:
     """One error unless detector ``name``'s configuration has every field named in ``options``."""
-    fields = {f.name for f in dataclasses.fields(detector_class(name).config_class)}
+    fields = option_names(name)
     unknown = set(options) - fields
     if unknown:
         raise ImpellerBenchError(f"{name} has no option(s) {', '.join(sorted(unknown))}; options: {', '.join(sorted(fields))}")
