@@ -251,7 +251,7 @@ _TRAINING_OPTIONS = (
     click.option("--seed", default=0, show_default=True, type=int),
     _device_option,
     click.option("--teacher", help="ours/efficientad's teacher: a backbone whose frozen ImageNet features teach "
-                                   "(efficientnet_lite0, the default; efficientnet_lite2, mobilenet_v2 ...), a "
+                                   "(efficientnet_lite2, the default; efficientnet_lite0, mobilenet_v2 ...), a "
                                    "pretrained PDN teacher file (a published EfficientAD teacher: the paper's "
                                    "setting; or distill-teacher's output), 'distilled' or 'distilled:BACKBONE' (a "
                                    "PDN distilled on free images, made once per machine and cached), or 'random' (an "

@@ -8,6 +8,13 @@ machine load does not favour the first or the last. With
 ``runtimes=(True,)`` the same path (image resized to the model's input size, scored,
 map back at the image's size) runs through ONNX Runtime on the CPU instead of
 torch, from the detector exported to a temporary file.
+
+Each result row says how it was timed: ``interleaved_with`` is the number of
+rows timed in the same rounds, its own included (a method timed on torch and
+ONNX Runtime alone reads 2), and a method that searches a memory of its
+training images (PatchCore, SPADE, Patch SVDD) is timed with the memory a fit
+on ``TRAINING_IMAGES_FOR_TIMING`` (400) images keeps, recorded as ``memory``
+(bank sizes) and ``memory_of_training_images``.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import numpy as np
 import torch
 
 from . import detectors
-from .detectors.base import parse_device
+from .detectors.base import TRAINING_IMAGES_FOR_TIMING, parse_device
 from .errors import ImpellerBenchError
 
 
@@ -51,6 +58,7 @@ def measure_latencies(methods: Sequence[str], device: str | None = None, runs: i
             for on_onnx in runtimes:
                 detector = detectors.create(method, device="cpu" if on_onnx else device, seed=seed, **config)
                 detector.prepare_untrained()
+                memory = detector.memory_size()
                 scorers.append(_onnx_scoring(detector, Path(folder) / f"{len(scorers)}.onnx") if on_onnx
                                else detector.score_images)
                 results.append({
@@ -58,7 +66,8 @@ def measure_latencies(methods: Sequence[str], device: str | None = None, runs: i
                     "device": str(detector.device), "threads": torch.get_num_threads(), "image_size": image_size,
                     "profile": profile, "model_image_size": detector.config.image_size, "options": options or {},
                     "batch_size": 1, "runs": runs, "warmup": warmup, "interleaved_with": len(methods) * len(runtimes),
-                } | ({"anomaly_map": detector.config.anomaly_map} if hasattr(detector.config, "anomaly_map") else {}))
+                } | ({"anomaly_map": detector.config.anomaly_map} if hasattr(detector.config, "anomaly_map") else {})
+                  | ({"memory": memory, "memory_of_training_images": TRAINING_IMAGES_FOR_TIMING} if memory else {}))
         for result, times in zip(results, _interleaved_timings(scorers, image, runs, warmup)):
             result |= {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
     return results

@@ -379,7 +379,8 @@ def latency_entry(figures: list[dict], method: str, hardware: str) -> dict:
     for row in figures:
         if row.get("method") == method:
             protocol = {k: row.get(k) for k in ("device", "threads", "image_size", "batch_size", "runs", "warmup",
-                                                "runtime", "profile", "options", "anomaly_map", "interleaved_with")
+                                                "runtime", "profile", "options", "anomaly_map", "interleaved_with",
+                                                "memory", "memory_of_training_images")
                         if k in row}
             protocol["timing"] = "host array to device and the map back, median of the runs after warm-up"
             return {"median_ms": row["median_ms"], "p90_ms": row["p90_ms"], "protocol": protocol, "hardware": hardware}

@@ -136,6 +136,17 @@ def test_run_and_latency_commands_reach_the_baselines(synthetic_dataset, tmp_pat
     assert timed.exit_code == 0, timed.output
     figures = json.loads((tmp_path / "lat.json").read_text())
     assert [f["method"] for f in figures] == ["patchcore", "padim"] and all(f["median_ms"] > 0 for f in figures)
+    # PatchCore is timed with the bank a 400-image fit keeps (10% of 400 x 32 x 32 patches), and says so
+    assert (figures[0]["memory"], figures[0]["memory_of_training_images"]) == ({"bank_patches": 40_960}, 400)
+    assert "memory" not in figures[1]  # PaDiM keeps Gaussians, not images' patches
+
+
+def test_memory_size_counts_what_a_fit_keeps_of_its_training_images(fitted, impellers):
+    name, detector, _, _ = fitted
+    assert len(impellers[0]) == 20
+    # PatchCore: 10% of 20 images' 32 x 32 patches; SPADE: every training image; PaDiM keeps Gaussians
+    expected = {"patchcore": {"bank_patches": 2048}, "spade": {"bank_images": 20}, "padim": {}}[name]
+    assert detector.memory_size() == expected
 
 
 def test_scoring_in_chunks_reports_progress_and_equals_one_call(fitted, impellers):

@@ -337,3 +337,16 @@ def test_deprecated_splits_come_last_under_their_own_heading_and_take_no_entries
     built = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
     assert built.exit_code == 0, built.output
     assert "## Deprecated: source shortcut" in (board / "README.md").read_text()
+
+
+def test_a_latency_claim_keeps_how_it_was_timed():
+    row = {"method": "patchcore", "median_ms": 40.0, "p90_ms": 45.0, "device": "cpu", "threads": 2, "runs": 50,
+           "interleaved_with": 2, "memory": {"bank_patches": 40_960}, "memory_of_training_images": 400,
+           "unrelated": "dropped"}
+    claim = submission.latency_entry([{"method": "ours", "median_ms": 1.0, "p90_ms": 1.0}, row], "patchcore", "CI")
+    assert (claim["median_ms"], claim["p90_ms"], claim["hardware"]) == (40.0, 45.0, "CI")
+    assert {k: v for k, v in claim["protocol"].items() if k != "timing"} == {
+        "device": "cpu", "threads": 2, "runs": 50, "interleaved_with": 2, "memory": {"bank_patches": 40_960},
+        "memory_of_training_images": 400}
+    with pytest.raises(ImpellerBenchError, match="no latency figures for spade"):
+        submission.latency_entry([row], "spade", "CI")

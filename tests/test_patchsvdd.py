@@ -59,6 +59,8 @@ def test_contract_shapes_save_load(fitted, impellers, tmp_path):
     loaded = detectors.load(tmp_path / "svdd.pt", device="cpu").score_images(impellers[1])
     np.testing.assert_array_equal(loaded[0], scores)
     np.testing.assert_array_equal(loaded[1], maps)
+    # every patch of the 8 training images: 9 x 9 big (stride 16) and 21 x 21 small (stride 8) per image
+    assert detector.memory_size() == {"bank_patches_big": 8 * 81, "bank_patches_small": 8 * 441}
 
 
 def test_same_seed_same_scores(impellers):

@@ -138,6 +138,11 @@ class Detector(ABC):
         """Neutral statistics on untrained weights, so that ``score_images`` runs: for timing only."""
         raise NotImplementedError(f"{self.name} cannot be timed untrained")
 
+    def memory_size(self) -> dict[str, int]:
+        """How much of its training images the fitted (or timing-prepared) detector keeps and searches when
+        scoring, by memory bank; its scoring time grows with it. Empty for a method that keeps none (fitted or not)."""
+        return {}
+
     def describe(self) -> dict:
         """What goes into meta.json: the method, its configuration, and anything a table must show."""
         return {"method": self.name, "config": dataclasses.asdict(self.config)}

@@ -289,7 +289,7 @@ class EfficientADConfig:
     hard_quantile: float = 0.999
     validation_fraction: float = 0.1
     # A backbone's name (a frozen ImageNet feature teacher, offline), a pretrained PDN teacher file, or "random".
-    teacher: str = "efficientnet_lite0"
+    teacher: str = "efficientnet_lite2"
     teacher_layers: list[str] | None = None  # feature teacher only; None: the backbone's middle layers
     teacher_scale: float = 1.0  # feature teacher only: the backbone sees the input enlarged by this factor
     # "minimum": the 4-pixel frame around the map takes each map's minimum (ranks as normal);
@@ -501,15 +501,16 @@ class EfficientAD(ScoredByModule, Detector):
     scorer_class = EfficientADScorer
     scoring_batch = 8
     # "quick" is the CPU default, chosen from the quality-against-time curve of benchmarks/efficientad_budget.py
-    # (figures in the README's EfficientAD section): the frozen EfficientNet-Lite0 feature teacher seeing the image at twice
-    # the size, 128 x 128 inputs mirrored to cover the border, a half-width student, teacher outputs cached on
-    # eight views per image (colour-augmented, turned and mirrored), one student pass per step, lr 1e-3 and the
-    # top 10% as hard features (for a short schedule), and bfloat16 where it measures faster. Training stops
-    # once the student reproduces 80% of the teacher's variance on held-out normals (the built-in impellers:
-    # 500 steps), else after 2,000 (real photos); not on a plateau: the distance on a few held-out photos is
-    # too noisy for that (a 2% rule stopped v2-native's seed 1 at 1,053 steps: image AUROC 71.95 against
-    # 77.01 at 2,000). The map is the student-teacher map alone: on a split of few photos the autoencoder
-    # learns the photos, not the part (benchmarks/efficientad_budget.py reports both maps of one fit).
+    # (figures in the README's EfficientAD section): the frozen feature teacher (the configuration's default,
+    # EfficientNet-Lite2: 3 image-AUROC points over Lite0 on impeller-v2-native, 5 on impeller-v2-300) seeing the
+    # image at twice the size, 128 x 128 inputs mirrored to cover the border, a half-width student, teacher outputs
+    # cached on eight views per image (colour-augmented, turned and mirrored), one student pass per step, lr 1e-3
+    # and the top 10% as hard features (for a short schedule), and bfloat16 where it measures faster. Training stops
+    # once the student reproduces 80% of the teacher's variance on held-out normals (the built-in impellers: 500
+    # steps), else after 2,000 (real photos); not on a plateau: the distance on a few held-out photos is too noisy
+    # for that (a 2% rule stopped v2-native's seed 1 at 1,053 steps, Lite0 teacher: image AUROC 71.95 against 77.01
+    # at 2,000). The map is the student-teacher map alone: on a split of few photos the autoencoder learns the
+    # photos, not the part (benchmarks/efficientad_budget.py reports both maps of one fit).
     profiles = {
         "paper": {"steps": 70_000, "batch_size": 1, "image_size": 256, "precision": "float32"},
         "quick": {"steps": 2000, "stop_check_every": 250, "stop_distance": 0.2,

@@ -81,6 +81,10 @@ class PatchCore(ScoredByModule, PretrainedFeatureDetector):
         self.bank = torch.randn(count, channels, generator=torch.Generator().manual_seed(0)).to(self.device)
         self.fitted = True
 
+    def memory_size(self):
+        self.require_fitted()
+        return {"bank_patches": len(self.bank)}
+
     def state_dict(self):
         return {"bank": self.bank}
 

@@ -236,6 +236,10 @@ class PatchSVDD(Detector):
             self.banks[name] = torch.randn(TRAINING_IMAGES_FOR_TIMING * per_image, self.config.dim, generator=generator).to(self.device)
         self.fitted = True
 
+    def memory_size(self):
+        self.require_fitted()
+        return {f"bank_patches_{name}": len(bank) for name, bank in self.banks.items()}
+
     # ----------------------------------------------------------------- persistence
 
     def state_dict(self):

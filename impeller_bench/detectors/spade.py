@@ -73,6 +73,10 @@ class SPADE(PretrainedFeatureDetector):
         self.pyramid_bank = torch.randn(n, *pyramid.shape[1:], generator=generator).to(self.device)
         self.fitted = True
 
+    def memory_size(self):
+        self.require_fitted()
+        return {"bank_images": len(self.global_bank)}
+
     def state_dict(self):
         return {"global_bank": self.global_bank, "pyramid_bank": self.pyramid_bank}
 
