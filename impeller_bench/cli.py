@@ -265,9 +265,9 @@ _TRAINING_OPTIONS = (
     click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
                  help="Autoencoder decoder, for ablations (default: the method's own)."),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations."),
-    click.option("--backbone", help="Pretrained backbone of the feature methods (patchcore, padim, spade): "
-                                    "efficientnet_lite0 (default), efficientnet_lite2, mobilenet_v2, resnet18, "
-                                    "wide_resnet50_2, wide_resnet101_2."),
+    click.option("--backbone", help="Pretrained backbone of the feature methods: efficientnet_lite0 (the default "
+                                    "of patchcore, padim and spade), efficientnet_lite2 (ast's default), "
+                                    "mobilenet_v2, resnet18, wide_resnet50_2, wide_resnet101_2."),
     click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                  help="The backbone's checkpoint file (default: its known file, checksummed)."),
     click.option("--layers", help="Comma-separated feature maps of the backbone (default: the method's own choice)."),

@@ -41,7 +41,7 @@ from .imageio import atomic_write_bytes
 
 INPUT = "image"
 OUTPUTS = ("score", "map")
-INSTALL_HINT = "pip install impeller-bench[export]"
+INSTALL_HINT = "pip install impeller-bench[export] (from a clone: pip install -e '.[export]')"
 BATCH = 8  # images per torch or ONNX Runtime call in check_export and OnnxScorer.score_images
 
 

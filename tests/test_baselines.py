@@ -147,6 +147,12 @@ def test_memory_size_counts_what_a_fit_keeps_of_its_training_images(fitted, impe
     # PatchCore: 10% of 20 images' 32 x 32 patches; SPADE: every training image; PaDiM keeps Gaussians
     expected = {"patchcore": {"bank_patches": 2048}, "spade": {"bank_images": 20}, "padim": {}}[name]
     assert detector.memory_size() == expected
+    unfitted = detectors.create(name, **OPTIONS[name])
+    if expected:  # a memory that is not there yet is an error, not an empty memory
+        with pytest.raises(ImpellerBenchError, match="has not been fitted"):
+            unfitted.memory_size()
+    else:
+        assert unfitted.memory_size() == {}
 
 
 def test_scoring_in_chunks_reports_progress_and_equals_one_call(fitted, impellers):

@@ -356,13 +356,18 @@ def test_early_stopping_on_held_out_distances(monkeypatch, distances, stop_dista
     monkeypatch.setattr(EarlyStop, "distance", lambda self: next(scripted))
     detector = detectors.create("ours", image_size=64, steps=40, batch_size=2, seed=0, device="cpu", precision="float32",
                                 stop_check_every=2, stop_distance=stop_distance, stop_min_improvement=plateau)
-    detector.fit(synthetic_images("train", "good", 4, size=64))
+    labels = []
+    detector.fit(synthetic_images("train", "good", 4, size=64), progress=lambda items, label, *_: labels.append(label) or items)
     checks = [step for step, _ in detector.validation_distances]
     if stopped_at is None:
         assert detector.steps_trained == 40 and checks == list(range(2, 38, 2))  # the decay falls at step 38
+        assert not any("stopped early" in label for label in labels)
     else:
         assert checks == list(range(2, stopped_at + 1, 2))
         assert detector.steps_trained == stopped_at + max(1, round(stopped_at / 19))  # the tail at lr / 10
+        # the log says why training ended before its budget
+        distance = detector.validation_distances[-1][1]
+        assert labels[-1] == f"stopped early at step {stopped_at} (held-out distance {distance:.3f}); final steps at lr / 10"
 
 
 @pytest.mark.parametrize("teacher, steps_trained", [("efficientnet_lite0", 2 + 1), ("random", 6)])

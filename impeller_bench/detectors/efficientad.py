@@ -659,7 +659,9 @@ class EfficientAD(ScoredByModule, Detector):
         if stopped:
             set_lr(c.lr * 0.1)
             tail = range(max(1, round(done / 19)))
-            for _ in (progress(tail, "final steps at lr / 10", meter.status) if progress else tail):
+            distance = stopping.history[-1][1]
+            label = f"stopped early at step {done} (held-out distance {distance:.3f}); final steps at lr / 10"
+            for _ in (progress(tail, label, meter.status) if progress else tail):
                 train_step()
                 done += 1
         for module in (self.student, self.autoencoder, self.teacher):
@@ -689,7 +691,7 @@ class EfficientAD(ScoredByModule, Detector):
         """Each training image and ``cached_views - 1`` augmented copies, with the teacher's outputs on them."""
         views, view_targets = [train], [targets.bfloat16()]
         extra = range(self.config.cached_views - 1)
-        for _ in (progress(extra, "teacher on augmented views") if progress else extra):
+        for _ in (progress(extra, f"teacher on {len(extra)} augmented view{'s' * (len(extra) != 1)} of each image") if progress else extra):
             augmented = torch.cat([self._turn(_augment(chunk, generator), generator) for chunk in train.split(1)])
             views.append(augmented)
             view_targets.append(torch.cat([self._teacher(chunk.to(self.device)).cpu().bfloat16()
