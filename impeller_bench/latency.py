@@ -4,10 +4,10 @@ Each method is timed on a fresh detector with untrained weights and neutral
 normalisation (the cost of a forward pass does not depend on the weights),
 after warm-up runs; the median and 90th percentile are reported. Methods timed
 together are timed interleaved (one call of each in turn), so that a drifting
-machine load does not favour the first or the last. With
-``runtimes=(True,)`` the same path (image resized to the model's input size, scored,
-map back at the image's size) runs through ONNX Runtime on the CPU instead of
-torch, from the detector exported to a temporary file.
+machine load does not favour the first or the last. With ``runtimes=(True,)``
+the same path (image resized to the model's input size, scored, map back at
+the image's size) runs through ONNX Runtime on the CPU instead of torch, from
+the detector exported to a temporary file.
 
 Each result row says how it was timed: ``interleaved_with`` is the number of
 rows timed in the same rounds, its own included (a method timed on torch and
@@ -19,6 +19,7 @@ on ``TRAINING_IMAGES_FOR_TIMING`` (400) images keeps, recorded as ``memory``
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,10 +40,10 @@ def measure_latencies(methods: Sequence[str], device: str | None = None, runs: i
 
     ``profile``: time the model a run with that profile trains (its own input size; the image stays
     ``image_size``); None: the method's configuration at ``image_size``. ``runtimes``: False for torch, True for
-    ONNX Runtime (CPU execution provider, torch's thread count) on the exported detector. ``options``: configuration overrides for every method (e.g. the anomaly
-    map). All the models are held at once (memory: their sum), and each call runs
-    after the others' (caches as a line running several models would have them)."""
-    twice = sorted({m for m in methods if list(methods).count(m) > 1})
+    ONNX Runtime (CPU execution provider, torch's thread count) on the exported detector. ``options``:
+    configuration overrides for every method (e.g. the anomaly map). All the models are held at once (memory:
+    their sum), and each call runs after the others' (caches as a line running several models would have them)."""
+    twice = sorted(m for m, count in Counter(methods).items() if count > 1)
     if twice:
         raise ImpellerBenchError(f"method(s) named twice: {', '.join(twice)}")
     for method in methods:  # every refusal before any model is built

@@ -691,7 +691,8 @@ class EfficientAD(ScoredByModule, Detector):
         """Each training image and ``cached_views - 1`` augmented copies, with the teacher's outputs on them."""
         views, view_targets = [train], [targets.bfloat16()]
         extra = range(self.config.cached_views - 1)
-        for _ in (progress(extra, f"teacher on {len(extra)} augmented view{'s' * (len(extra) != 1)} of each image") if progress else extra):
+        label = f"teacher on {len(extra)} augmented view{'s' * (len(extra) != 1)} of each image"
+        for _ in (progress(extra, label) if progress else extra):
             augmented = torch.cat([self._turn(_augment(chunk, generator), generator) for chunk in train.split(1)])
             views.append(augmented)
             view_targets.append(torch.cat([self._teacher(chunk.to(self.device)).cpu().bfloat16()
