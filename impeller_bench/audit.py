@@ -21,6 +21,27 @@ differ otherwise:
 (c) **Single statistics against the label:** brightness and sharpness alone,
     test good against test defect, over the same defect-blind regions.
 
+(d) **An image-level cue, on a track without good test images** (a
+    localization track: every test image is defective and the pixel metrics
+    count false positives over their normal pixels). There, (b) and (c)
+    between test good and test defect do not apply, and how a photo was
+    taken can help a detector only through a score that raises a whole image
+    alike and happens to be higher where more of the image is defective. So
+    the audit scores exactly that detector: a map constant over each test
+    image, equal to the image's out-of-fold defect-blind propensity (train
+    good against test defect, from the acquisition statistics with
+    brightness, and from the pretrained features), and reports its pixel
+    AUROC. It fails at
+    ``OFFSET_AUROC`` or more, or when the interval's lower end exceeds
+    ``OFFSET_INTERVAL_LOW``. Train good against test defect is still
+    reported, for information: there it is expected to be separable (the
+    defect photos were taken apart), and it does not by itself help
+    localisation.
+
+When the images name their capture session (Magnetic Tile Defects:
+``exp1``..``exp6``, its lightings), the session joins (b) as a measure of
+its own.
+
 Each separability is an AUROC from out-of-fold scores (logistic regression on
 standardised measures; folds keep photo groups whole, so variants of one
 photo never sit on both sides of a fold) with a 95% interval from a
@@ -30,7 +51,7 @@ apart by something other than defects), or when the AUROC itself reaches
 ``SEPARATED_AUROC`` (with few photo groups the interval is wide, but a split
 must show it has no shortcut, not merely escape proof of one); a comparison
 that cannot be measured (fewer than two photo groups on a side) fails too.
-The audit passes when (a) holds and no comparison of (b) or (c) fails.
+The audit passes when (a) holds and no comparison of (b), (c) or (d) fails.
 """
 from __future__ import annotations
 
@@ -45,15 +66,20 @@ from .progress import no_progress
 
 SEPARABLE_AUROC = 0.7
 SEPARATED_AUROC = 0.8
+OFFSET_AUROC = 0.6  # (d): the pixel AUROC a map constant per image may not reach
+OFFSET_INTERVAL_LOW = 0.55  # (d): nor the lower end of its interval exceed
 MAX_SOURCE_SHARE_DIFFERENCE = 0.05  # total variation distance between the test good and test defect source mixes
 BOOTSTRAP_RESAMPLES = 1000
 FOLDS = 5
 REGION_DILATION = 1 / 16  # of the image side: how far around a defect nothing is measured
 FEATURE_STAGES = ("stage3", "stage5", "stage7")
+FEATURE_SIZE = 256  # larger images are measured at this side (the v2 splits' own; a 600-pixel tile costs 6x more)
 ACQUISITION_STATISTICS = ("noise", "sharpness", "fine_energy", "contrast", "grey_level_gaps")
 SINGLE_STATISTICS = ("brightness", "sharpness")
 
 TRAIN_GOOD, TEST_GOOD, TEST_DEFECT = "train good", "test good", "test defect"
+MULTI_MEASURES = ("acquisition statistics", "pretrained features", "capture session",
+                  "acquisition statistics and brightness")  # (b): measures of several values
 
 
 @dataclass
@@ -65,12 +91,13 @@ class AuditImage:
     source: str
     group: int  # photo group: the unit of folds and of the bootstrap
     mask: np.ndarray | None = None  # defect mask of a test defect
+    session: str | None = None  # capture session, where the source names one
 
 
 @dataclass
 class SourceMix:
     shares: dict[str, dict[str, int]]  # role -> source -> images
-    difference: float  # total variation distance between the test good and test defect mixes
+    difference: float | None  # total variation distance between the test good and test defect mixes (None: no good)
     untrained_sources: list[str]  # test sources with no training image
     passed: bool
 
@@ -80,10 +107,11 @@ class SourceMix:
 
 def source_mix_line(mix: dict) -> str:
     parts = [f"{role}: " + ", ".join(f"{n} {src}" for src, n in sorted(counts.items()))
-             for role, counts in mix["shares"].items()]
+             for role, counts in mix["shares"].items() if counts]
     extra = f"; test sources never trained on: {', '.join(mix['untrained_sources'])}" if mix["untrained_sources"] else ""
-    return (f"(a) source mix: {'pass' if mix['passed'] else 'FAIL'} (difference {mix['difference']:.2f}{extra}) - "
-            + "; ".join(parts))
+    difference = ("no good test images: only whether every test source is trained on applies"
+                  if mix["difference"] is None else f"difference {mix['difference']:.2f}")
+    return f"(a) source mix: {'pass' if mix['passed'] else 'FAIL'} ({difference}{extra}) - " + "; ".join(parts)
 
 
 @dataclass
@@ -96,25 +124,33 @@ class Separability:
     groups: tuple[int, int]
     passed: bool
     note: str = ""
+    check: str = ""  # "(b)", "(c)" or "(d)"; "" in audits written before (d): told by the measure
+    informational: bool = False  # reported, not judged (its verdict does not count)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"interval": list(self.interval) if self.interval else None,
-                               "images": list(self.images), "groups": list(self.groups)}
+        out = asdict(self) | {"interval": list(self.interval) if self.interval else None,
+                              "images": list(self.images), "groups": list(self.groups)}
+        # Keys absent at their defaults, so that audits of splits with good test images read as they always did.
+        return {k: v for k, v in out.items() if not ((k == "check" and not v) or (k == "informational" and not v))}
 
 
 def separability_line(s: dict) -> str:
-    kind = "(b)" if s["measure"] in ("acquisition statistics", "pretrained features") else "(c)"
+    kind = s.get("check") or ("(b)" if s["measure"] in MULTI_MEASURES else "(c)")
+    what = "pixel AUROC of a map constant per image" if kind == "(d)" else "AUROC"
     if s["auroc"] is None:
         return f"{kind} {s['measure']}, {s['compare']}: FAIL, not measurable ({s['note']})"
     low, high = s["interval"]
-    return (f"{kind} {s['measure']}, {s['compare']}: AUROC {s['auroc']:.3f} [{low:.3f}, {high:.3f}] "
-            f"({s['images'][0]} vs {s['images'][1]} images, {s['groups'][0]} vs {s['groups'][1]} photo groups) "
-            f"{'pass' if s['passed'] else 'FAIL'}" + (f" - {s['note']}" if s["note"] else ""))
+    verdict = "for information" if s.get("informational") else ("pass" if s["passed"] else "FAIL")
+    sizes = (f"{s['images'][1]} images, {s['groups'][1]} photo groups" if kind == "(d)" else
+             f"{s['images'][0]} vs {s['images'][1]} images, {s['groups'][0]} vs {s['groups'][1]} photo groups")
+    return (f"{kind} {s['measure']}, {s['compare']}: {what} {s['auroc']:.3f} [{low:.3f}, {high:.3f}] ({sizes}) "
+            f"{verdict}" + (f" - {s['note']}" if s["note"] else ""))
 
 
 def audit_lines(result: dict) -> list[str]:
-    """The audit as text: a verdict, then one line per check."""
+    """The audit as text: a verdict, then one line per check, then the checks that do not apply and why."""
     body = [source_mix_line(result["source_mix"])] + [separability_line(s) for s in result["separability"]]
+    body += [f"not applicable: {why}" for why in result.get("not_applicable", [])]
     return [f"shortcut audit: {'PASS' if result['passed'] else 'FAIL'}"] + ["  " + line for line in body]
 
 
@@ -123,14 +159,16 @@ class AuditResult:
     source_mix: SourceMix
     separability: list[Separability] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    not_applicable: list[str] = field(default_factory=list)  # checks that do not apply to this split, and why
 
     @property
     def passed(self) -> bool:
-        return self.source_mix.passed and all(s.passed for s in self.separability)
+        return self.source_mix.passed and all(s.passed or s.informational for s in self.separability)
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "source_mix": asdict(self.source_mix),
-                "separability": [s.to_dict() for s in self.separability], "settings": self.settings}
+                "separability": [s.to_dict() for s in self.separability], "settings": self.settings} | (
+            {"not_applicable": self.not_applicable} if self.not_applicable else {})
 
     def lines(self) -> list[str]:
         return audit_lines(self.to_dict())
@@ -145,9 +183,11 @@ def source_mix(roles: Sequence[str], sources: Sequence[str]) -> SourceMix:
     for role in (TRAIN_GOOD, TEST_GOOD, TEST_DEFECT):
         shares[role] = dict(sorted(Counter(s for r, s in zip(roles, sources) if r == role).items()))
     good, defect = shares[TEST_GOOD], shares[TEST_DEFECT]
+    untrained = sorted((set(good) | set(defect)) - set(shares[TRAIN_GOOD]))
+    if not good:  # a localization track: no good/defect mix to compare
+        return SourceMix(shares, None, untrained, not untrained)
     n_good, n_defect = max(sum(good.values()), 1), max(sum(defect.values()), 1)
     difference = 0.5 * sum(abs(good.get(s, 0) / n_good - defect.get(s, 0) / n_defect) for s in set(good) | set(defect))
-    untrained = sorted((set(good) | set(defect)) - set(shares[TRAIN_GOOD]))
     passed = difference <= MAX_SOURCE_SHARE_DIFFERENCE + 1e-12 and not untrained
     return SourceMix(shares, float(difference), untrained, passed)
 
@@ -166,8 +206,7 @@ def defect_blind_regions(images: Sequence[AuditImage], seed: int) -> list[np.nda
         if mask.shape != im.image.shape:
             mask = _resize_mask(mask, im.image.shape)
         radius = max(1, int(round(REGION_DILATION * max(im.image.shape))))
-        excluded = ndi.binary_dilation(mask, structure=_disc(radius))
-        regions.append(~excluded)
+        regions.append(~within_distance(mask, radius))
     return regions
 
 
@@ -203,7 +242,8 @@ def acquisition_statistics(image: np.ndarray, region: np.ndarray) -> dict[str, f
 
 def pretrained_features(images: Sequence[np.ndarray], regions: Sequence[np.ndarray], backbone=None,
                         progress=no_progress, batch_size: int = 16) -> np.ndarray:
-    """Per image: each stage of FEATURE_STAGES averaged over the grid cells wholly inside the region; concatenated."""
+    """Per image: each stage of FEATURE_STAGES averaged over the grid cells wholly inside the region; concatenated.
+    Each batch is seen square, at its first image's side, at most FEATURE_SIZE."""
     import torch
     import torch.nn.functional as F
 
@@ -214,7 +254,7 @@ def pretrained_features(images: Sequence[np.ndarray], regions: Sequence[np.ndarr
     starts = list(range(0, len(images), batch_size))
     for start in progress(starts, "audit: pretrained features"):
         chunk = images[start : start + batch_size]
-        size = max(chunk[0].shape)
+        size = min(max(chunk[0].shape), FEATURE_SIZE)
         with torch.no_grad():
             maps = backbone.features(imagenet_tensor(chunk, size), FEATURE_STAGES)
         region = torch.from_numpy(np.stack([_resize_mask(r, (size, size)) for r in regions[start : start + batch_size]]))
@@ -306,7 +346,15 @@ def audit_images(images: Sequence[AuditImage], *, seed: int = 0, features: bool 
     measures = [("acquisition statistics", np.stack([table[n] for n in ACQUISITION_STATISTICS], 1), True)]
     if pooled is not None:
         measures.append(("pretrained features", pooled, True))
+    sessions = [im.session for im in images]
+    if images and None not in sessions:
+        measures.append(("capture session", _one_hot(sessions), True))
     groups = np.array([im.group for im in images])
+    if not (roles == TEST_GOOD).any():
+        # Brightness joins the statistics here: (c) does not apply, and darker defect photos are a known cue.
+        measures[0] = ("acquisition statistics and brightness",
+                       np.stack([table[n] for n in ACQUISITION_STATISTICS + ("brightness",)], 1), True)
+        return _audit_without_good(result, images, measures, roles, groups, seed)
     comparisons = [(TRAIN_GOOD, TEST_GOOD), (TEST_GOOD, TEST_DEFECT)]
     for name, x, fit in measures:
         for first, second in comparisons:
@@ -314,6 +362,74 @@ def audit_images(images: Sequence[AuditImage], *, seed: int = 0, features: bool 
     for name in SINGLE_STATISTICS:
         result.separability.append(_compare(name, table[name][:, None], roles, groups, TEST_GOOD, TEST_DEFECT, seed, False))
     return result
+
+
+NO_GOOD_NOT_APPLICABLE = (
+    "(a)'s comparison of the test good and test defect source mixes, (b) train good vs test good, (b) and (c) test "
+    "good vs test defect: there are no good test images",
+    "the image metrics, which a split without good test images does not define (so an image-level shortcut has "
+    "nothing to pass); (d) measures what such a shortcut could still do to the pixel metrics",
+)
+
+
+def _audit_without_good(result: AuditResult, images, measures, roles, groups, seed) -> AuditResult:
+    """(a) as it applies, train good vs test defect for information, and (d) per measure."""
+    result.not_applicable = list(NO_GOOD_NOT_APPLICABLE)
+    result.settings |= {"offset_auroc": OFFSET_AUROC, "offset_interval_low": OFFSET_INTERVAL_LOW}
+    defects = np.nonzero(roles == TEST_DEFECT)[0]
+    masks = [images[k].mask for k in defects]
+    for name, x, fit in measures:
+        informational = _compare(name, x, roles, groups, TRAIN_GOOD, TEST_DEFECT, seed, fit)
+        informational.informational, informational.passed = True, True
+        informational.note = ("expected to separate where defect photos were taken apart; a cue that raises a whole "
+                              "image alike is judged by (d)") + (f"; {informational.note}" if informational.note else "")
+        result.separability.append(informational)
+        result.separability.append(_image_level_cue(name, x, roles, groups, masks, defects, seed))
+    return result
+
+
+def _image_level_cue(name, x, roles, groups, masks, defects, seed) -> Separability:
+    """(d): the pixel AUROC of maps constant per test image, each the image's out-of-fold propensity (train good
+    against test defect from ``x``), with a 95% interval over photo groups."""
+    chosen = (roles == TRAIN_GOOD) | (roles == TEST_DEFECT)
+    labels = roles[chosen] == TEST_DEFECT
+    n = (int((~labels).sum()), int(labels.sum()))
+    g = (len(np.unique(groups[chosen][~labels])), len(np.unique(groups[chosen][labels])))
+    compare = "constant per test image, from its train good vs test defect propensity"
+    propensity = (_out_of_fold_scores(x[chosen], labels, groups[chosen], seed) if min(g) >= 2 else None)
+    if propensity is None:
+        return Separability(name, compare, None, None, n, g, False, "too few photo groups to cross-validate", "(d)")
+    value_of = dict(zip(np.nonzero(chosen)[0][labels].tolist(), propensity[labels]))
+    cue = [np.full(m.shape, value_of[k], np.float64) for k, m in zip(defects.tolist(), masks)]
+    auroc, interval = constant_map_auroc(masks, cue, groups[defects], seed)
+    ceiling, _ = constant_map_auroc(masks, [np.full(m.shape, m.mean(), np.float64) for m in masks],
+                                    groups[defects], seed, resamples=0)
+    passed = auroc < OFFSET_AUROC and interval[0] <= OFFSET_INTERVAL_LOW
+    note = (f"the most any map constant per image can reach here, ranked by each image's true defect share: "
+            f"{ceiling:.3f}")
+    return Separability(name, compare, auroc, interval, n, g, passed, note, "(d)")
+
+
+def constant_map_auroc(masks, maps, groups, seed: int, resamples: int = BOOTSTRAP_RESAMPLES):
+    """Pooled pixel AUROC of ``maps`` against ``masks`` (:mod:`.metrics`) and its 95% interval from a bootstrap
+    of photo groups (None without resamples)."""
+    from .metrics import PixelSet
+
+    pixels = PixelSet.from_maps(masks, maps)
+    auroc = pixels.curve().auroc()
+    if not resamples:
+        return auroc, None
+    units, index = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    values = [pixels.weighted_curve(np.bincount(rng.integers(0, len(units), len(units)),
+                                                minlength=len(units))[index]).auroc() for _ in range(resamples)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return auroc, (float(low), float(high))
+
+
+def _one_hot(values) -> np.ndarray:
+    names = sorted(set(values))
+    return np.array([[v == name for name in names] for v in values], np.float64)
 
 
 def defect_blind_measures(images: Sequence[AuditImage], seed: int, features: bool = True, backbone=None,
@@ -395,13 +511,16 @@ def audit_dataset(dataset, *, seed: int = 0, features: bool = True, backbone=Non
         mask = read_mask(sample.mask_path) if sample.is_defect and sample.mask_path is not None else None
         group = entry.get("group")
         images.append(AuditImage(read_gray(sample.image_path), role, sample.source or "unknown",
-                                 int(group) if group is not None else -1 - k, mask))
+                                 int(group) if group is not None else -1 - k, mask, entry.get("session")))
     return audit_images(images, seed=seed, features=features, backbone=backbone, progress=progress)
 
 
-def _disc(radius: int) -> np.ndarray:
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return yy * yy + xx * xx <= radius * radius
+def within_distance(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels within ``radius`` (Euclidean, inclusive) of a mask pixel: the mask dilated by a disc of that radius,
+    from the exact distance transform (a dilation by a 81-pixel disc takes seconds on a 600-pixel image)."""
+    if not mask.any():
+        return np.zeros(mask.shape, bool)
+    return ndi.distance_transform_edt(~mask) <= radius
 
 
 def _resize_mask(mask: np.ndarray, shape) -> np.ndarray:

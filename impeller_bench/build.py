@@ -36,7 +36,7 @@ from .imageio import (
     upright_file_bytes,
 )
 from .report import ERROR, Finding
-from .sources import DEFECT, GOOD, SourceRecord
+from .sources import DEFECT, FINGERPRINT_JOINS, GOOD, SourceRecord
 from .sources.references import reference_for
 from .progress import no_progress
 
@@ -117,7 +117,9 @@ def group_photos(records: Sequence[SourceRecord], scans: Sequence[ScannedImage |
     usable = [i for i, s in enumerate(scans) if s is not None]
     same_photo = _same_photo_test(records, scans, usable) if register else None
     found = grouping.find_photo_groups(
-        [records[i].sha256 for i in usable], [scans[i].fingerprint for i in usable], register=same_photo, **options
+        [records[i].sha256 for i in usable], [scans[i].fingerprint for i in usable], register=same_photo,
+        captures=[records[i].capture for i in usable],
+        verify_matches=register and not all(FINGERPRINT_JOINS.get(records[i].kind, True) for i in usable), **options
     )
     group_of = np.empty(len(records), dtype=np.int64)
     group_of[usable] = found.group_of
@@ -125,7 +127,8 @@ def group_photos(records: Sequence[SourceRecord], scans: Sequence[ScannedImage |
     group_of[rest] = found.n_groups + np.arange(len(rest))
     matches = [(usable[a], usable[b], s) for a, b, s in found.content_matches]
     registered = [(usable[a], usable[b], c) for a, b, c in found.registration_matches]
-    return grouping.PhotoGroups(group_of, found.exact_duplicate_pairs, matches, found.registered_pairs, registered)
+    return grouping.PhotoGroups(group_of, found.exact_duplicate_pairs, matches, found.registered_pairs, registered,
+                                found.capture_joins)
 
 
 def _same_photo_test(records, scans, usable):
@@ -294,6 +297,56 @@ def plan_image_level(records, groups: grouping.PhotoGroups, usable: np.ndarray, 
     return SplitPlan(train + test, counts, train_from.seed, {"test_images_sharing_a_group_with_train": shared})
 
 
+def plan_by_group_share(records, groups: grouping.PhotoGroups, usable: np.ndarray, test_good_share: float,
+                        seed: int = 0) -> SplitPlan:
+    """DifferNet's protocol (Rudolph, Wandt and Rosenhahn, WACV 2021: a random 80% of the defect-free images train,
+    the other 20% and every defect image test), drawn by photo group instead of by image.
+
+    A seeded random order of the good photo groups; groups join the test side whole until it holds at least
+    ``test_good_share`` of the good images; every other good group trains. Every usable defect image with a
+    non-empty mask tests. A good image whose photo group also holds a defect image (one tile, labelled
+    defective under another lighting) is left out of both sides, and ``notes["left_out"]`` says so.
+    """
+    if not 0 < test_good_share < 1:
+        raise ImpellerBenchError(f"the test share of the good images must lie between 0 and 1, not {test_good_share}")
+    rng = np.random.default_rng(seed)
+    group_of = groups.group_of
+    candidates = np.nonzero(usable)[0]
+    defects = [int(i) for i in candidates if records[i].label == DEFECT and records[i].has_mask
+               and records[i].defect_mask.any()]
+    defect_groups = {int(group_of[i]) for i in defects}
+    goods = [int(i) for i in candidates if records[i].label == GOOD]
+    left_out = {_where(records[i]): "good image in the photo group of a defect image (the same object, labelled "
+                                    "defective in another image): on neither side" for i in goods
+                if group_of[i] in defect_groups}
+    good_groups: dict[int, list[int]] = {}
+    for i in goods:
+        if group_of[i] not in defect_groups:
+            good_groups.setdefault(int(group_of[i]), []).append(i)
+    if len(good_groups) < 2 or not defects:
+        raise ImpellerBenchError(f"a split by group share needs at least two good photo groups and a defect image "
+                                 f"with a mask; found {len(good_groups)} and {len(defects)}. Nothing was written.")
+    wanted = test_good_share * sum(len(m) for m in good_groups.values())
+    test_groups, taken = set(), 0
+    for g in rng.permutation(sorted(good_groups)).tolist():
+        if taken >= wanted:
+            break
+        test_groups.add(g)
+        taken += len(good_groups[g])
+    selected = (
+        [Selected(i, TRAIN, GOOD, g) for g, members in sorted(good_groups.items()) if g not in test_groups
+         for i in members]
+        + [Selected(i, TEST, GOOD, g) for g, members in sorted(good_groups.items()) if g in test_groups
+           for i in members]
+        + [Selected(i, TEST, DEFECT, int(group_of[i])) for i in defects]
+    )
+    counts = Counts(sum(s.split == TRAIN for s in selected), taken, len(defects))
+    available = {"good_images": len(goods), "good_groups": len(good_groups), "test_defect": len(defects),
+                 "defect_groups": len(defect_groups), "goods_left_out": len(left_out)}
+    return SplitPlan(selected, counts, seed, {"available": available, "left_out": left_out,
+                                              "test_good_share": test_good_share})
+
+
 def _rounds_over_groups(candidates, group_of, rng) -> list[list[int]]:
     """Candidates in rounds: a random member of each group, then a second member of each group, and so on."""
     taken: dict[int, int] = {}
@@ -393,6 +446,7 @@ class RenderedImage:
     group_shared_with_train: bool = False
     class_touch: dict[str, np.ndarray] | None = None  # pixels each class covers at all, for region classes
     mask_origin: dict | None = None  # where carried masks came from (transfer.py)
+    session: str | None = None  # the source's capture session (MTD: the lighting), where it names one
 
 
 def render(record: SourceRecord, sel: Selected, size: int | str) -> RenderedImage:
@@ -413,7 +467,7 @@ def render(record: SourceRecord, sel: Selected, size: int | str) -> RenderedImag
         sel.split, sel.label, record.stem, record.source, record.relpath, record.sha256, image_bytes, suffix,
         mask if is_defect else None, foreground, record.defect_classes if is_defect else (),
         sel.group, sel.group_shared_with_train, touch if is_defect else None,
-        record.mask_origin if is_defect else None,
+        record.mask_origin if is_defect else None, record.session,
     )
 
 
@@ -445,6 +499,8 @@ def write_rendered(items: Iterable[RenderedImage], out: Path | None) -> list[dic
         }
         if item.mask_origin is not None:
             entry["mask_source"] = item.mask_origin
+        if item.session is not None:
+            entry["session"] = item.session
         files = {entry["file"]: item.image_bytes}
         if item.defect_mask is not None:
             mask_png = encode_png(item.defect_mask)
@@ -626,13 +682,13 @@ def plan_from_split_file(split: dict, records: list[SourceRecord]) -> SplitPlan:
 # --------------------------------------------------------------------------- the whole job
 
 
-def read_sources(supervisely=(), kaggle=(), mvtec=(), defect_classes=None):
+def read_sources(supervisely=(), kaggle=(), mvtec=(), defect_classes=None, mtd=()):
     """Run the importers over the given folders; returns (records, findings)."""
     from .sources import read_source
     from .sources.supervisely import DEFAULT_DEFECT_CLASSES
 
     records, findings = [], []
-    for kind, roots in (("supervisely", supervisely), ("kaggle", kaggle), ("mvtec", mvtec)):
+    for kind, roots in (("supervisely", supervisely), ("kaggle", kaggle), ("mvtec", mvtec), ("mtd", mtd)):
         for root in roots:
             options = {"defect_classes": defect_classes or DEFAULT_DEFECT_CLASSES} if kind == "supervisely" else {}
             found_records, found = read_source(kind, root, **options)
@@ -642,7 +698,7 @@ def read_sources(supervisely=(), kaggle=(), mvtec=(), defect_classes=None):
     if len({(r.source, r.relpath) for r in records}) != len(records):
         raise ImpellerBenchError("two source folders share a name: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
     if not records:
-        raise ImpellerBenchError("no source images: give at least one --supervisely, --kaggle or --mvtec folder")
+        raise ImpellerBenchError("no source images: give at least one --supervisely, --kaggle, --mvtec or --mtd folder")
     return records, findings
 
 
@@ -652,8 +708,10 @@ def build_split(
     supervisely=(),
     kaggle=(),
     mvtec=(),
+    mtd=(),
     mask_sources=(),
     counts: Counts = Counts(),
+    test_good_share: float | None = None,
     seed: int = 0,
     size: int | str = 256,
     split_file: str | Path | None = None,
@@ -678,9 +736,12 @@ def build_split(
     ``allow_source_mix``. With ``balance``, the test defects are matched to
     the test goods on defect-blind measures (:func:`balance_test_defects`), so
     that lighting and photo sessions cannot tell them apart; at most
-    ``counts.test_defect`` are kept. The shortcut audit (:mod:`.audit`) runs
+    ``counts.test_defect`` are kept. With ``test_good_share``, ``counts`` and
+    ``balance`` give way to DifferNet's protocol by photo group
+    (:func:`plan_by_group_share`). The shortcut audit (:mod:`.audit`) runs
     on the written images and goes into the report (``audit=False`` skips it).
     """
+    from .sources.mtd import MASK_RULE, MASK_THRESHOLD
     from .sources.supervisely import DEFAULT_DEFECT_CLASSES
 
     inspect = (lambda stage: {"shortcut_audit": run_audit(stage, progress)}) if audit else None
@@ -689,7 +750,8 @@ def build_split(
         b = split["build"]
         extra = _by_kind(mask_sources)
         records, findings = read_sources(tuple(supervisely) + tuple(extra["supervisely"]), tuple(kaggle) + tuple(extra["kaggle"]),
-                                         tuple(mvtec) + tuple(extra["mvtec"]), b["defect_classes"])
+                                         tuple(mvtec) + tuple(extra["mvtec"]), b["defect_classes"],
+                                         tuple(mtd) + tuple(extra["mtd"]))
         plan = plan_from_split_file(split, records)
         report = {"split_file": str(split_file), "entries_verified": len(plan.selected)}
         manifest = write_dataset(
@@ -700,7 +762,9 @@ def build_split(
         return manifest, report
 
     defect_classes = tuple(defect_classes or DEFAULT_DEFECT_CLASSES)
-    records, findings = read_sources(supervisely, kaggle, mvtec, defect_classes)
+    records, findings = read_sources(supervisely, kaggle, mvtec, defect_classes, mtd)
+    if not supervisely and not mask_sources:  # the classes on record are the ones the sources name
+        defect_classes = tuple(sorted({c for r in records for c in r.defect_classes}))
     scans, scan_findings = scan(records, progress)
     findings += scan_findings
     usable = eligible(records, scans, findings)
@@ -709,7 +773,10 @@ def build_split(
         records, transfer_report = carry_masks(records, scans, usable, mask_sources, defect_classes, progress)
         mask_source_kinds = transfer_report.pop("mask_source_kinds")
     groups = group_photos(records, scans, register=register, threshold=group_threshold, progress=progress)
-    plan = plan_split(records, scans, groups, usable, counts, seed, defect_candidates=balance)
+    if test_good_share is not None:
+        plan, balance = plan_by_group_share(records, groups, usable, test_good_share, seed), False
+    else:
+        plan = plan_split(records, scans, groups, usable, counts, seed, defect_candidates=balance)
     if balance:
         plan = balance_test_defects(records, plan, size, counts.test_defect, progress)
     mix = check_source_mix(records, plan)
@@ -726,6 +793,10 @@ def build_split(
         report["matching"] = plan.notes["matching"]
     options = {"registration": register, "allow_source_mix": allow_source_mix, "bootstrap_unit": "group",
                "matched_test_defects": balance}
+    if test_good_share is not None:
+        options["protocol"] = GROUP_SHARE_PROTOCOL | {"test_good_share": test_good_share}
+    if mtd:
+        options |= {"source_mask_rule": MASK_RULE, "source_mask_threshold": MASK_THRESHOLD}
     if mask_sources:
         from .transfer import ACCEPTANCE_RULE
 
@@ -736,6 +807,13 @@ def build_split(
         options=options, mask_sources=mask_source_kinds, inspect=inspect,
     )
     return manifest, report
+
+
+GROUP_SHARE_PROTOCOL = {
+    "after": "DifferNet, Rudolph, Wandt and Rosenhahn, WACV 2021 (arXiv 2008.12577): a random 80% of the "
+             "defect-free images train, the other 20% and every defect image test",
+    "change": "drawn by photo group (a tile's lightings together), not by image, so that no tile is on both sides",
+}
 
 
 def carry_masks(records, scans, usable, mask_sources, defect_classes, progress=no_progress):
@@ -784,12 +862,12 @@ def _by_kind(folders) -> dict[str, list]:
     """Source folders sorted by importer (read_sources' keyword arguments), each kind found from its layout."""
     from .sources import detect_kind
 
-    out: dict[str, list] = {"supervisely": [], "kaggle": [], "mvtec": []}
+    out: dict[str, list] = {"supervisely": [], "kaggle": [], "mvtec": [], "mtd": []}
     for folder in folders:
         kind = detect_kind(folder)
         if kind is None:
-            raise ImpellerBenchError("not a known source layout (Supervisely img/ + ann/, Kaggle *_front/, MVTec AD)",
-                                     folder)
+            raise ImpellerBenchError("not a known source layout (Supervisely img/ + ann/, Kaggle *_front/, MVTec AD, "
+                                     "Magnetic Tile Defects MT_*/)", folder)
         out[kind].append(folder)
     return out
 
@@ -868,6 +946,9 @@ def build_report(records, findings, groups, usable, plan: SplitPlan) -> dict:
     for f in findings:
         if f.severity == ERROR:
             errors_by_path.setdefault(f.path, []).append(f.message)
+    # Files an importer refused outright (no record: e.g. a defect image whose mask keeps no pixel) are left out too.
+    read = {_where(r) for r in records}
+    excluded += sorted(path for path in errors_by_path if path not in read)
     return {
         "records": len(records),
         "excluded": {path: errors_by_path.get(path, ["not usable"]) for path in excluded},
@@ -880,7 +961,7 @@ def build_report(records, findings, groups, usable, plan: SplitPlan) -> dict:
             for split, label in ((TRAIN, GOOD), (TEST, GOOD), (TEST, DEFECT))
         },
         "findings": {code: n for code, n in sorted(_count_codes(findings).items())},
-    }
+    } | ({"left_out": plan.notes["left_out"]} if plan.notes.get("left_out") else {})
 
 
 def _count_codes(findings) -> dict[str, int]:

@@ -104,7 +104,9 @@ class _MethodsCommand(click.Command):
 
 # What --split takes from the split file: giving one of these beside it is a mistake worth saying.
 _SPLIT_FILE_DECIDES = ("train_good", "test_good", "test_defect", "seed", "size", "defect_classes", "group_threshold",
-                       "registration", "allow_source_mix", "balance", "name")
+                       "registration", "allow_source_mix", "balance", "name", "test_good_share")
+# What --test-good-share decides instead (DifferNet's protocol by photo group).
+_SHARE_DECIDES = ("train_good", "test_good", "test_defect", "balance")
 
 
 @main.command("build-split")
@@ -114,6 +116,9 @@ _SPLIT_FILE_DECIDES = ("train_good", "test_good", "test_defect", "seed", "size",
               help="Kaggle casting folder (ok_front/, def_front/, optionally under train/ and test/); repeatable.")
 @click.option("--mvtec", "mvtec", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="MVTec AD layout folder used as a source; repeatable.")
+@click.option("--mtd", "mtd", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Magnetic Tile Defects folder (MT_Free/, MT_<Class>/Imgs/ with a grey mask beside each photo, "
+                   "thresholded at 128); repeatable.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
 @click.option("--train-good", default="400", show_default=True, callback=_count,
               help="Normal training images: a number, or 'all' (every image the training side holds).")
@@ -139,12 +144,16 @@ _SPLIT_FILE_DECIDES = ("train_good", "test_good", "test_defect", "seed", "size",
 @click.option("--balance/--no-balance", default=True, show_default=True,
               help="Keep only test defects matched to the test goods on defect-blind measures (lighting, sharpness, "
                    "pretrained features), at most two per good image and at most --test-defect.")
+@click.option("--test-good-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="DifferNet's protocol, by photo group: this share of the good images (whole photo groups, "
+                   "seeded) and every defect image test, the other good images train (the mtd split: 0.2); "
+                   "replaces --train-good, --test-good, --test-defect and --balance.")
 @click.option("--audit/--no-audit", default=True, show_default=True, help="Run the shortcut audit on the written images.")
 @click.option("--name", default="custom", show_default=True, help="Name recorded in the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def build_split_command(supervisely, kaggle, mvtec, out, train_good, test_good, test_defect, seed, size, split_file,
-                        defect_classes, mask_sources, group_threshold, registration, allow_source_mix, balance, audit,
-                        name, overwrite):
+def build_split_command(supervisely, kaggle, mvtec, mtd, out, train_good, test_good, test_defect, seed, size,
+                        split_file, defect_classes, mask_sources, group_threshold, registration, allow_source_mix,
+                        balance, test_good_share, audit, name, overwrite):
     """Build the benchmark dataset (MVTec AD layout + manifest.json) from public sources.
 
     Exit code 0 when the dataset is written and its shortcut audit passes (or
@@ -153,15 +162,18 @@ def build_split_command(supervisely, kaggle, mvtec, out, train_good, test_good, 
     from .build import Counts, build_split
     from .grouping import DEFAULT_MATCH_THRESHOLD
 
-    if split_file is not None:
-        ctx = click.get_current_context()
-        given = [f"--{p.replace('_', '-')}" for p in _SPLIT_FILE_DECIDES
-                 if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            raise click.UsageError(f"{', '.join(given)}: --split takes these from the split file; drop them")
+    ctx = click.get_current_context()
+    given = lambda names: [f"--{p.replace('_', '-')}" for p in names
+                           if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    if split_file is not None and given(_SPLIT_FILE_DECIDES):
+        raise click.UsageError(f"{', '.join(given(_SPLIT_FILE_DECIDES))}: --split takes these from the split file; "
+                               "drop them")
+    if test_good_share is not None and given(_SHARE_DECIDES):
+        raise click.UsageError(f"{', '.join(given(_SHARE_DECIDES))}: --test-good-share decides the counts (and "
+                               "matches nothing); drop them")
     manifest, report = build_split(
-        out, supervisely=supervisely, kaggle=kaggle, mvtec=mvtec, mask_sources=mask_sources,
-        counts=Counts(train_good, test_good, test_defect), seed=seed, size=size,
+        out, supervisely=supervisely, kaggle=kaggle, mvtec=mvtec, mtd=mtd, mask_sources=mask_sources,
+        counts=Counts(train_good, test_good, test_defect), test_good_share=test_good_share, seed=seed, size=size,
         split_file=split_file,
         defect_classes=defect_classes or None,
         group_threshold=DEFAULT_MATCH_THRESHOLD if group_threshold is None else group_threshold,
@@ -184,10 +196,14 @@ def build_summary(manifest: dict, report: dict, out: Path) -> str:
         g = report["grouping"]
         lines.append(f"photo groups: {g['groups']} groups from {g['images']} images; {g['groups_with_several_images']} "
                      f"groups hold several images ({g['images_in_shared_groups']} images); merges: "
-                     f"{g['exact_duplicate_pairs']} byte-identical pairs, {g['content_matches']} content matches")
+                     f"{g['exact_duplicate_pairs']} byte-identical pairs, {g['content_matches']} content matches"
+                     + (f", {g['capture_joins']} joined as captures of one object" if g.get("capture_joins") else ""))
         lines.append(f"left out: {len(report['excluded'])} image(s) that failed validation (see build_report.json)")
         for path, reasons in list(report["excluded"].items())[:10]:
             lines.append(f"  {path}: {'; '.join(reasons)}")
+        if report.get("left_out"):
+            lines.append(f"left out of both sides: {len(report['left_out'])} image(s) (see build_report.json): "
+                         f"{next(iter(report['left_out'].values()))}")
         if "matching" in report:
             m = report["matching"]
             lines.append(f"test defects matched to the test goods on defect-blind measures: kept {m['kept']} of "
@@ -364,11 +380,12 @@ def model_summary(report: dict) -> str:
              f"{c['pixel_false_alarm_rate']:.2%}); calibrated on {c['source']}"]
     test = report.get("test_report")
     if test:
-        at, best = test["calibrated"], test["f1_max"]
+        at, best = test["calibrated"], test.get("f1_max")
         lines.append(f"on the test set ({test['test_good']} good, {test['test_defect']} defect): calibrated "
                      f"threshold: false alarms {_percent(at['false_alarm_rate'])}, recall {_percent(at['recall'])}, "
-                     f"precision {_percent(at['precision'])}; F1-max threshold {best['threshold']:.6g}: precision "
-                     f"{_percent(best['precision'])}, recall {_percent(best['recall'])}")
+                     f"precision {_percent(at['precision'])}; "
+                     + (f"F1-max threshold {best['threshold']:.6g}: precision {_percent(best['precision'])}, "
+                        f"recall {_percent(best['recall'])}" if best else "F1-max: not defined (no good test images)"))
         if "pixel_calibrated" in test:
             pixel = test["pixel_calibrated"]
             lines.append(f"pixels above the pixel threshold: {_percent(pixel['false_alarm_rate'])} of normal pixels, "
@@ -722,7 +739,9 @@ def leaderboard_submit_command(run_dir, name, run_command_text, authors, code, h
                                     version=f"impeller-bench {__version__}", hardware=hardware, command=run_command_text,
                                     latency=latency, map_size=map_size, bootstrap_samples=bootstrap_samples, notes=notes,
                                     overwrite=overwrite, progress=_progress)
-    click.echo(f"wrote {board / 'submissions' / name}: image AUROC {100 * submission['metrics']['image_auroc']:.2f}, "
+    image_auroc = submission["metrics"]["image_auroc"]
+    click.echo(f"wrote {board / 'submissions' / name}: image AUROC "
+               f"{'not defined' if image_auroc is None else f'{100 * image_auroc:.2f}'}, "
                f"pixel PRO@30% {100 * submission['metrics']['pixel_pro_30']:.2f}")
     click.echo("then: impeller-bench leaderboard validate && impeller-bench leaderboard build")
 

@@ -1,5 +1,9 @@
 """The reference evaluator: a dataset and a predictions folder in, every benchmark metric out.
 
+A test set needs defect images. Without good test images (a localization
+track) the image metrics are not defined and are left out; the pixel metrics
+count false positives over the normal pixels of the defect images.
+
 Also: per defect class and per region-size bucket pixel metrics, 95%
 bootstrap intervals (test images resampled with replacement, seeded; whole
 photo groups instead where the dataset's manifest asks for it, because its
@@ -21,6 +25,7 @@ from .progress import no_progress
 from .validate import require_valid
 
 FPR_LIMIT = 0.3
+IMAGE_METRICS_UNDEFINED = "image metrics: not defined (no good test images)"
 # Region-size buckets as a fraction of the image area: [lower, upper).
 SIZE_BUCKETS = {"small (<0.1%)": (0.0, 0.001), "medium (0.1-1%)": (0.001, 0.01), "large (>=1%)": (0.01, np.inf)}
 
@@ -47,6 +52,11 @@ class EvaluationInputs:
     sources: list[str | None] = field(default_factory=list)
     groups: np.ndarray | None = None  # photo group per test image: the bootstrap's unit, where the dataset says so
 
+    @property
+    def image_level(self) -> bool:
+        """Whether the image metrics are defined: the test set holds good and defect images."""
+        return bool(self.labels.any() and not self.labels.all())
+
 
 def bootstrap_groups(dataset: Dataset) -> np.ndarray | None:
     """Photo group per test image when the manifest makes groups the bootstrap unit (build.bootstrap_unit)."""
@@ -68,8 +78,11 @@ def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> Ev
     scores = np.array([predictions.scores[i] for i in ids], np.float64)
 
     def check_labels():
-        if labels.all() or not labels.any():
-            raise ImpellerBenchError("the test set needs both good and defect images", dataset.root)
+        if not labels.any():
+            raise ImpellerBenchError("the test set has no defect image: no metric is defined", dataset.root)
+        if labels.all() and not pixel_level:
+            raise ImpellerBenchError("the test set has no good image and no pixel masks: no metric is defined "
+                                     "(image metrics need good images, pixel metrics masks)", dataset.root)
 
     if not pixel_level:
         check_labels()
@@ -98,18 +111,21 @@ def load_inputs(dataset: Dataset, predictions: Predictions, progress=None) -> Ev
 
 
 def point_metrics(inputs: EvaluationInputs, image_weight: np.ndarray | None = None) -> dict:
-    """The headline metrics, with each test image counted ``image_weight`` times (default once)."""
-    labels, scores = inputs.labels, inputs.scores
-    if image_weight is not None:
-        labels, scores = np.repeat(labels, image_weight), np.repeat(scores, image_weight)
-    f1 = metrics.f1_max(labels, scores)
-    out = {
-        "image_auroc": metrics.image_auroc(labels, scores),
-        "image_auprc": metrics.image_auprc(labels, scores),
-        "image_f1_max": f1.f1,
-        "image_precision": f1.precision,
-        "image_recall": f1.recall,
-    }
+    """The headline metrics, with each test image counted ``image_weight`` times (default once); the image
+    metrics only where they are defined (:attr:`EvaluationInputs.image_level`)."""
+    out = {}
+    if inputs.image_level:
+        labels, scores = inputs.labels, inputs.scores
+        if image_weight is not None:
+            labels, scores = np.repeat(labels, image_weight), np.repeat(scores, image_weight)
+        f1 = metrics.f1_max(labels, scores)
+        out = {
+            "image_auroc": metrics.image_auroc(labels, scores),
+            "image_auprc": metrics.image_auprc(labels, scores),
+            "image_f1_max": f1.f1,
+            "image_precision": f1.precision,
+            "image_recall": f1.recall,
+        }
     if inputs.pixels is not None:
         curve = (inputs.pixels.curve() if image_weight is None
                  else inputs.pixels.weighted_curve(image_weight))
@@ -167,8 +183,8 @@ def bootstrap(inputs_list: list[EvaluationInputs], n: int, seed: int = 0, progre
         else:
             weight = np.bincount(rng.integers(0, len(units), len(units)), minlength=len(units))[group_index]
         labels = np.repeat(inputs_list[0].labels, weight)
-        if labels.all() or not labels.any():
-            continue  # a resample with one class only says nothing about ranking
+        if inputs_list[0].image_level and (labels.all() or not labels.any()):
+            continue  # a resample with one class only says nothing about ranking images
         for k, x in enumerate(inputs_list):
             for name, value in point_metrics(x, weight).items():
                 samples[k].setdefault(name, []).append(value)
@@ -196,6 +212,7 @@ def evaluate(dataset: Dataset, predictions: Predictions, bootstrap_samples: int 
         "method": predictions.meta.get("method"),
         "test_images": len(inputs.ids),
         "pixel_level": inputs.pixels is not None,
+        "image_level": inputs.image_level,
         "metrics": point_metrics(inputs),
         "breakdown": breakdown(inputs),
     }
@@ -236,6 +253,8 @@ def format_table(result: dict) -> str:
         lines.append(f"  (95% intervals: {b['samples']} bootstrap resamples of {b.get('unit', 'image')}s, seed {b['seed']})")
     if not result["pixel_level"]:
         lines.append("  (no pixel masks in this test set: image-level metrics only)")
+    if not result.get("image_level", True):
+        lines.append(f"  {IMAGE_METRICS_UNDEFINED}")
     for name, row in result.get("breakdown", {}).items():
         if "image_auroc" in row:
             lines.append(f"  {name:<40} good images {row['good_images']:4d}  image AUROC {100 * row['image_auroc']:6.2f}")

@@ -184,6 +184,7 @@ class PhotoGroups:
     content_matches: list[tuple[int, int, float]] = field(default_factory=list)
     registered_pairs: int = 0  # candidate pairs registered pixel to pixel
     registration_matches: list[tuple[int, int, float]] = field(default_factory=list)  # (a, b, correlation)
+    capture_joins: int = 0  # images joined because their source names them captures of one object
 
     @property
     def n_groups(self) -> int:
@@ -206,6 +207,7 @@ class PhotoGroups:
             "content_matches": len(self.content_matches),
             "registered_pairs": self.registered_pairs,
             "registration_matches": len(self.registration_matches),
+            "capture_joins": self.capture_joins,
         }
 
 
@@ -218,19 +220,38 @@ def find_photo_groups(
     progress: Callable[[Iterable, str], Iterable] | None = None,
     register: Callable[[int, int], tuple[bool, float]] | None = None,
     registration_min_score: float = REGISTRATION_MIN_SCORE,
+    captures: Sequence[str | None] | None = None,
+    verify_matches: bool = False,
 ) -> PhotoGroups:
     """Group images that show the same photograph: ``sha256s[i]`` and ``fingerprints[i]`` describe image i.
 
     ``register(i, j)``, when given, registers images i and j and returns
     (one photo?, correlation); it is asked about candidate pairs scoring from
     ``registration_min_score`` up to the threshold that are not yet joined.
+    ``captures[i]``, where not None, names the capture series image i belongs
+    to by its source's own account (one object photographed under several
+    lightings, :func:`.sources.mtd.capture_series`): images of one series are
+    one group whatever their content says. With ``verify_matches`` (images
+    that are not impellers, whose fingerprint score alone says little: on the
+    magnetic tiles it chains unrelated tiles into groups of over a hundred),
+    no pair is joined on its score: every candidate from
+    ``registration_min_score`` up is registered instead.
     """
     progress = progress or no_progress
     n = len(sha256s)
     joined = _UnionFind(n)
     first_of: dict[str, int] = {}
     unique: list[int] = []
-    exact_pairs = 0
+    exact_pairs = capture_joins = 0
+    series_first: dict[str, int] = {}
+    for i, series in enumerate(captures or ()):
+        if series is None:
+            continue
+        if series in series_first:
+            joined.union(series_first[series], i)
+            capture_joins += 1
+        else:
+            series_first[series] = i
     for i, digest in enumerate(sha256s):
         if digest in first_of:
             joined.union(first_of[digest], i)
@@ -249,7 +270,7 @@ def find_photo_groups(
         for u, v in progress(pairs, "comparing similar photos"):
             a, b = unique[u], unique[v]
             score = match_score(fingerprints[a], fingerprints[b])
-            if score >= threshold:
+            if score >= threshold and not verify_matches:
                 matches.append((a, b, score))
                 joined.union(a, b)
             elif register is not None and score >= registration_min_score:
@@ -267,7 +288,8 @@ def find_photo_groups(
             registration_matches.append((a, b, correlation))
             joined.union(a, b)
     labels = np.array([joined.find(i) for i in range(n)], dtype=np.int64)
-    return PhotoGroups(_renumber_in_order(labels), exact_pairs, matches, registered, registration_matches)
+    return PhotoGroups(_renumber_in_order(labels), exact_pairs, matches, registered, registration_matches,
+                       capture_joins)
 
 
 class _UnionFind:

@@ -154,14 +154,16 @@ def decision_report(calibration: Calibration, labels, scores, masks=None, maps=N
 
     labels, scores = np.asarray(labels, bool), np.asarray(scores, np.float64)
     flagged = scores > calibration.image_threshold
-    best = metrics.f1_max(labels, scores)
     report = {
         "test_good": int((~labels).sum()), "test_defect": int(labels.sum()),
         "calibrated": {"threshold": calibration.image_threshold,
                        "false_alarm_rate": _share(flagged[~labels]), "recall": _share(flagged[labels]),
                        "precision": _share(labels[flagged])},
-        "f1_max": {"threshold": best.threshold, "f1": best.f1, "precision": best.precision, "recall": best.recall},
     }
+    if labels.any() and not labels.all():  # F1-max needs both kinds of image (a localization track has no good)
+        best = metrics.f1_max(labels, scores)
+        report["f1_max"] = {"threshold": best.threshold, "f1": best.f1, "precision": best.precision,
+                            "recall": best.recall}
     if masks is not None:
         above = [np.asarray(m) > calibration.pixel_threshold for m in maps]
         normal = sum(int((a & ~m).sum()) for a, m in zip(above, masks)), sum(int((~m).sum()) for m in masks)

@@ -26,6 +26,14 @@ def _save(fig, path: Path) -> None:
 def evaluation_plots(inputs, out_dir: str | Path, title: str = "") -> list[Path]:
     """Write the curves of one evaluation; returns the files written."""
     out_dir = Path(out_dir)
+    written = image_plots(inputs, out_dir, title) if inputs.image_level else []
+    if inputs.pixels is not None:
+        written += pixel_plots(inputs.pixels.curve(), out_dir, title)
+    return written
+
+
+def image_plots(inputs, out_dir: Path, title: str) -> list[Path]:
+    """Image ROC and precision-recall curves (defined only with good and defect test images)."""
     written = []
     fpr, tpr, _ = roc_curve(inputs.labels, inputs.scores)
     auroc = metrics.image_auroc(inputs.labels, inputs.scores)
@@ -44,25 +52,28 @@ def evaluation_plots(inputs, out_dir: str | Path, title: str = "") -> list[Path]
     ax.legend(loc="lower left")
     written.append(out_dir / "image_pr.png")
     _save(fig, written[-1])
+    return written
 
-    if inputs.pixels is not None:
-        curve = inputs.pixels.curve()
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot(np.r_[0, curve.fp_at / curve.n_neg, 1], np.r_[0, curve.tp / curve.n_pos, 1],
-                label=f"AUROC {100 * curve.auroc():.2f}%")
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"Pixel ROC {title}".strip())
-        ax.legend(loc="lower right")
-        written.append(out_dir / "pixel_roc.png")
-        _save(fig, written[-1])
 
-        fpr, pro = curve.pro_points()
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot(fpr, pro, label=f"PRO@30% {100 * curve.pro_auc(0.3):.2f}%")
-        ax.axvline(0.3, ls=":", color="grey")
-        ax.set(xlabel="false positive rate (pixels)", ylabel="per-region overlap", xlim=(0, 1), ylim=(0, 1.02),
-               title=f"PRO curve {title}".strip())
-        ax.legend(loc="lower right")
-        written.append(out_dir / "pro_curve.png")
-        _save(fig, written[-1])
+def pixel_plots(curve, out_dir: Path, title: str) -> list[Path]:
+    """Pixel ROC and PRO curves of one pixel curve (:class:`.metrics.Curve`)."""
+    written = []
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(np.r_[0, curve.fp_at / curve.n_neg, 1], np.r_[0, curve.tp / curve.n_pos, 1],
+            label=f"AUROC {100 * curve.auroc():.2f}%")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"Pixel ROC {title}".strip())
+    ax.legend(loc="lower right")
+    written.append(out_dir / "pixel_roc.png")
+    _save(fig, written[-1])
+
+    fpr, pro = curve.pro_points()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, pro, label=f"PRO@30% {100 * curve.pro_auc(0.3):.2f}%")
+    ax.axvline(0.3, ls=":", color="grey")
+    ax.set(xlabel="false positive rate (pixels)", ylabel="per-region overlap", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"PRO curve {title}".strip())
+    ax.legend(loc="lower right")
+    written.append(out_dir / "pro_curve.png")
+    _save(fig, written[-1])
     return written

@@ -18,7 +18,7 @@ from .errors import ImpellerBenchError
 from .evaluate import evaluate
 from .imageio import staged_directory
 from .inspection import (DEFAULT_FALSE_ALARM_RATE, DEFAULT_PIXEL_FALSE_ALARM_RATE, InspectionModel, calibrate,
-                         decision_report, model_info, refuse_existing_model)
+                         decision_report, model_info, refuse_existing_model, score_by_size)
 from .predictions import load_predictions, write_predictions
 from .progress import no_progress
 from .validate import require_valid
@@ -46,11 +46,12 @@ SCORING_CHUNK = 16  # images per score_images call: progress between calls; a mu
 
 
 def score_in_chunks(detector, images: list, progress=None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``detector.score_images`` over ``images`` a chunk at a time, so that long scoring reports progress."""
+    """``detector.score_images`` over ``images`` a chunk at a time, so that long scoring reports progress;
+    images of several sizes (Magnetic Tile Defects) get maps at each one's own size (:func:`score_by_size`)."""
     progress = progress or no_progress
     scores, maps = [], []
     for start in progress(range(0, len(images), SCORING_CHUNK), "scoring"):
-        chunk_scores, chunk_maps = detector.score_images(images[start:start + SCORING_CHUNK])
+        chunk_scores, chunk_maps = score_by_size(detector, images[start:start + SCORING_CHUNK])
         scores.append(np.asarray(chunk_scores))
         maps.extend(chunk_maps)
     return np.concatenate(scores), maps

@@ -42,8 +42,9 @@ TOLERANCE = 1e-6
 MAX_FILE_BYTES = 256 * 1024
 MAX_SUBMISSION_BYTES = 4 * 1024 * 1024
 DEFAULT_MAP_SIZE = 64
-METRICS = ("image_auroc", "image_auprc", "image_precision", "image_recall", "image_f1_max",
-           "pixel_auroc", "pixel_pro_30", "pixel_f1_max")
+IMAGE_METRICS = ("image_auroc", "image_auprc", "image_precision", "image_recall", "image_f1_max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_pro_30", "pixel_f1_max")
+METRICS = IMAGE_METRICS + PIXEL_METRICS  # image metrics are null on a split without good test images
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -159,12 +160,15 @@ FIELDS = {
     "dataset": (lambda v: isinstance(v, dict) and _text(v.get("split")) and isinstance(v.get("manifest_sha256"), str)
                 and bool(SHA256_HEX.match(v["manifest_sha256"])),
                 "{'split': 'impeller-v1', 'manifest_sha256': <64 hex digits>}"),
-    "metrics": (lambda v: isinstance(v, dict) and all(_number(v.get(m)) and 0 <= v[m] <= 1 for m in METRICS),
-                f"an object with {', '.join(METRICS)}, each a fraction in [0, 1]"),
+    "metrics": (lambda v: isinstance(v, dict) and set(v) == set(METRICS)
+                and all((_number(v[m]) and 0 <= v[m] <= 1) or (v[m] is None and m in IMAGE_METRICS) for m in METRICS),
+                f"an object with {', '.join(METRICS)}, each a fraction in [0, 1] (the image metrics null where the "
+                "split has no good test images)"),
     "bootstrap": (lambda v: isinstance(v, dict) and isinstance(v.get("samples"), int) and v["samples"] >= 1
                   and isinstance(v.get("seed"), int), "{'samples': n >= 1, 'seed': int}"),
-    "ci95": (lambda v: isinstance(v, dict) and all(_interval(v.get(m)) for m in METRICS),
-             "an object with [low, high] for every metric"),
+    "ci95": (lambda v: isinstance(v, dict) and set(v) == set(METRICS)
+             and all(_interval(v[m]) or (v[m] is None and m in IMAGE_METRICS) for m in METRICS),
+             "an object with [low, high] for every metric (null for an image metric that is null)"),
     "latency": (lambda v: v is None or (isinstance(v, dict) and _number(v.get("median_ms")) and _number(v.get("p90_ms"))
                                          and v["median_ms"] > 0 and isinstance(v.get("protocol"), dict)),
                 "null, or {'median_ms': > 0, 'p90_ms': > 0, 'protocol': {...}}"),
@@ -236,7 +240,15 @@ def compare_claims(claimed: dict, recomputed: dict, tolerance: float = TOLERANCE
     """One line per claimed number that differs from the recomputed one by more than ``tolerance``."""
     problems = []
     for name in METRICS:
-        pairs = [("", claimed["metrics"][name], recomputed["metrics"][name])]
+        claim, actual = claimed["metrics"][name], recomputed["metrics"].get(name)
+        if (claim is None) != (actual is None) or (claimed["ci95"][name] is None) != (claim is None):
+            shown = lambda v: "null" if v is None else f"{v:.6f}"
+            problems.append(f"{name}: claimed {shown(claim)}, recomputed {shown(actual)}"
+                            + (" (not defined: the split has no good test images)" if actual is None else ""))
+            continue
+        if claim is None:
+            continue
+        pairs = [("", claim, actual)]
         pairs += [(f" 95% interval {end}", claimed["ci95"][name][k], recomputed["ci95"][name][k])
                   for k, end in enumerate(("low", "high"))]
         for what, claim, actual in pairs:
@@ -310,9 +322,11 @@ def submission_folders(paths: list[str | Path], board: str | Path) -> list[Path]
 # --- packaging --------------------------------------------------------------------------------
 
 def shrink_map(array: np.ndarray, size: int) -> np.ndarray:
-    """Area-average a map down to at most ``size`` pixels a side (never up)."""
+    """Area-average a map down to at most ``size`` pixels a side (never up), keeping its aspect ratio: a map's
+    longer side becomes ``size`` (a square map, size x size)."""
     h, w = array.shape
-    target = (min(size, h), min(size, w))
+    scale = min(1.0, size / max(h, w))
+    target = (max(1, round(h * scale)), max(1, round(w * scale)))
     if target == (h, w):
         return array.astype(np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
@@ -358,8 +372,8 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
             "config": _portable({"profile": run.meta.get("profile"), **(run.meta.get("config") or {})}),
             "command": command, "hardware": hardware,
             "dataset": {"split": dataset.name, "manifest_sha256": dataset.manifest_sha256},
-            "metrics": {m: result["metrics"][m] for m in METRICS},
-            "bootstrap": result["bootstrap"], "ci95": {m: result["ci95"][m] for m in METRICS},
+            "metrics": {m: result["metrics"].get(m) for m in METRICS},
+            "bootstrap": result["bootstrap"], "ci95": {m: result["ci95"].get(m) for m in METRICS},
             "latency": latency,
         }
         if notes:

@@ -50,16 +50,19 @@ def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, p
     kind = detect_kind(path)
     if kind is None:
         raise ImpellerBenchError(
-            "not a dataset (manifest.json or train/good/) nor a known source layout (Supervisely img/ + ann/, Kaggle *_front/)",
+            "not a dataset (manifest.json or train/good/) nor a known source layout (Supervisely img/ + ann/, Kaggle "
+            "*_front/, Magnetic Tile Defects MT_*/)",
             path,
         )
     return validate_source(path, kind, min_region_area, progress)
 
 
 # Source findings where the annotation's labels disagree (file name, tags, objects): the annotated
-# source's documented quirks. build-split settles each by leaving that image out of every split, so
-# they stop no build; damaged files (unreadable images, annotations or bitmaps) stay errors.
-HANDLED_BY_BUILD = frozenset({"name-contradicts-objects", "tag-contradicts-objects", "conflicting-tags"})
+# source's documented quirks; and a defect image whose mask keeps no pixel at the threshold (4 of Magnetic
+# Tile Defects' MT_Uneven). build-split settles each by leaving that image out of every split, so they
+# stop no build; damaged files (unreadable images, annotations or bitmaps) stay errors.
+HANDLED_BY_BUILD = frozenset({"name-contradicts-objects", "tag-contradicts-objects", "conflicting-tags",
+                              "empty-mask"})
 
 
 def validate_source(path: Path, kind: str, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None) -> Report:
@@ -214,9 +217,12 @@ def audit_findings(root: Path, progress=None) -> tuple[list, dict | None]:
     from .audit import audit_dataset, separability_line, source_mix_line
 
     dataset, where = load_dataset(root), _whole_dataset(root)
-    if not dataset.train or not any(s.is_defect for s in dataset.test) or all(s.is_defect for s in dataset.test):
+    if not dataset.train or not any(s.is_defect for s in dataset.test):
         return [Finding(INFO, "shortcut-audit", where,
-                        "shortcut audit not run: the dataset needs train, test good and test defect images")], None
+                        "shortcut audit not run: the dataset needs train and test defect images")], None
+    if all(s.is_defect for s in dataset.test) and not dataset.has_pixel_masks:
+        return [Finding(INFO, "shortcut-audit", where, "shortcut audit not run: no good test images and no pixel "
+                                                       "masks, so no metric is defined on this dataset")], None
     result = audit_dataset(dataset, progress=progress or no_progress).to_dict()
     verdict = "PASS" if result["passed"] else "FAIL: a detector could pass this split without finding defects"
     findings = [Finding(INFO if result["passed"] else ERROR, "shortcut-audit", where, f"shortcut audit: {verdict}")]

@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("IMPELLER_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 SUPERVISELY = SHARED_DATA / "casting-supervisely"
 KAGGLE = SHARED_DATA / "casting-kaggle-300"
+MAGNETIC_TILE = SHARED_DATA / "magnetic-tile"
 REQUIRE_DATA = os.environ.get("IMPELLER_BENCH_REQUIRE_DATA") == "1"
-HAVE_DATA = SUPERVISELY.is_dir() and KAGGLE.is_dir()
+HAVE_DATA = SUPERVISELY.is_dir() and KAGGLE.is_dir() and MAGNETIC_TILE.is_dir()
 
 needs_shared_data = pytest.mark.skipif(
     not HAVE_DATA and not REQUIRE_DATA,

@@ -117,3 +117,14 @@ def test_audit_dataset_reads_a_written_split_and_its_result_is_json(synthetic_da
     assert result.to_dict() == again.to_dict()  # seeded: the same verdict and figures every time
     text = json.dumps(result.to_dict())
     assert "source_mix" in text and result.lines()[0].startswith("shortcut audit:")
+
+
+def test_defect_regions_are_widened_by_the_disc_dilation_they_stand_for():
+    """The distance-transform shortcut equals the definition: dilation by a disc of that radius."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = rng.random((int(rng.integers(8, 60)), int(rng.integers(8, 60)))) < rng.choice([0.002, 0.02, 0.1])
+        radius = int(rng.integers(1, 9))
+        yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+        disc = yy * yy + xx * xx <= radius * radius
+        np.testing.assert_array_equal(audit.within_distance(mask, radius), ndi.binary_dilation(mask, structure=disc))

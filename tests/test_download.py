@@ -15,7 +15,7 @@ from impeller_bench.errors import ImpellerBenchError
 from impeller_bench.imageio import sha256_file
 from impeller_bench.sources.references import KNOWN_SOURCES
 
-from conftest import KAGGLE, REPO, SUPERVISELY, needs_shared_data
+from conftest import KAGGLE, MAGNETIC_TILE, REPO, SUPERVISELY, needs_shared_data
 
 ANNOTATIONS = REPO / "annotations"
 GITHUB_TOP = "Mask-RCNN-training-with-docker-containers-on-Sagemaker-9b0dce34b3f774ffc7b4b39e6e424e121383f174"
@@ -46,7 +46,8 @@ def supervisely_zip(shared_data, tmp_path_factory):
 
 @needs_shared_data
 def test_checksum_lists_describe_the_public_sources(shared_data):
-    for name, folder in (("casting-supervisely", SUPERVISELY), ("casting-kaggle-300", KAGGLE)):
+    for name, folder in (("casting-supervisely", SUPERVISELY), ("casting-kaggle-300", KAGGLE),
+                         ("magnetic-tile", MAGNETIC_TILE)):
         listed = download.checksums_for(name, ANNOTATIONS)
         present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
         assert set(listed) <= present and len(listed) >= 440
@@ -68,6 +69,24 @@ def test_download_unpacks_exactly_the_listed_files(supervisely_zip, tmp_path):
     assert all(sha256_file(to / "casting-supervisely" / name) == digest for name, digest in listed.items())
     assert not (tmp_path / "outside.txt").exists() and not (to / "outside.txt").exists()
     assert sorted(p.name for p in to.iterdir()) == ["casting-supervisely", "casting-supervisely.download.json"]
+
+
+@needs_shared_data
+def test_magnetic_tile_defects_download_from_their_pinned_commit(tmp_path, monkeypatch):
+    """The repository's archive at the pinned commit (its name ends with a dot, so does the archive's folder)."""
+    reference = KNOWN_SOURCES["magnetic-tile"]
+    assert reference["commit"] == "cc4eb530b57b9cb7225bf76023873043ffd50655" and reference["kind"] == "mtd"
+    archive = zip_folder(MAGNETIC_TILE, tmp_path / "mtd.zip", f"Magnetic-tile-defect-datasets.-{reference['commit']}",
+                         extra={f"Magnetic-tile-defect-datasets.-{reference['commit']}/README.md": b"readme"})
+    fetched = []
+    monkeypatch.setattr(download, "fetch", lambda url, dest: fetched.append(url) or Path(archive))
+    receipt = download.download_source("magnetic-tile", tmp_path / "to", ANNOTATIONS, say=lambda text: None)
+    assert fetched == [reference["archive"]] and receipt["files"] == 2688
+    from impeller_bench.sources import detect_kind
+
+    assert detect_kind(tmp_path / "to" / "magnetic-tile") == "mtd"
+    assert sha256_file(tmp_path / "to" / "magnetic-tile" / "MT_Free/Imgs/exp1_num_10181.jpg") == \
+        download.checksums_for("magnetic-tile", ANNOTATIONS)["MT_Free/Imgs/exp1_num_10181.jpg"]
 
 
 @needs_shared_data

@@ -191,9 +191,10 @@ def test_shrink_map_is_an_area_average():
     rng = np.random.default_rng(0)
     array = rng.random((64, 48)).astype(np.float32)
     shrunk = submission.shrink_map(array, 16)
-    assert shrunk.shape == (16, 16)
-    brute = np.array([[array[4 * i:4 * i + 4, 3 * j:3 * j + 3].mean() for j in range(16)] for i in range(16)])
+    assert shrunk.shape == (16, 12)  # the longer side to 16, the aspect ratio kept (MTD's maps are not square)
+    brute = np.array([[array[4 * i:4 * i + 4, 4 * j:4 * j + 4].mean() for j in range(12)] for i in range(16)])
     np.testing.assert_allclose(shrunk, brute, rtol=1e-5)
+    assert submission.shrink_map(array[:48, :], 16).shape == (16, 16)
     assert submission.shrink_map(array[:10, :10], 16).shape == (10, 10)  # never enlarged
 
 

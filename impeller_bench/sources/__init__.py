@@ -19,7 +19,7 @@ DEFECT = "defect"
 @dataclass
 class SourceRecord:
     source: str  # source name, e.g. "casting-supervisely"
-    kind: str  # importer: "supervisely", "kaggle" or "mvtec"
+    kind: str  # importer: "supervisely", "kaggle", "mvtec" or "mtd"
     relpath: str  # posix path inside the source folder
     path: Path
     label: str  # GOOD or DEFECT
@@ -29,6 +29,8 @@ class SourceRecord:
     defect_classes: tuple[str, ...] = field(default_factory=tuple)
     class_masks: dict[str, np.ndarray] | None = None  # per defect class, bool, image size
     mask_origin: dict | None = None  # masks carried from an annotated original (see transfer.py)
+    session: str | None = None  # capture session, where the source's names give one (MTD's exp<k>: the lighting)
+    capture: str | None = None  # capture series (one object under several lightings), where the source says
 
     @property
     def stem(self) -> str:
@@ -39,11 +41,16 @@ class SourceRecord:
         return self.defect_mask is not None
 
 
+# Whether the fingerprint's score alone may join two images into one photo group (grouping.py): it was made for
+# the impellers' concentric rings; other objects' candidate pairs are registered pixel to pixel first.
+FINGERPRINT_JOINS = {"supervisely": True, "kaggle": True, "mvtec": True, "mtd": False}
+
+
 def read_source(kind: str, root: str | Path, **options):
     """Dispatch to the importer of ``kind``; returns (records, findings)."""
-    from . import kaggle, mvtec, supervisely
+    from . import kaggle, mtd, mvtec, supervisely
 
-    readers = {"supervisely": supervisely.read, "kaggle": kaggle.read, "mvtec": mvtec.read}
+    readers = {"supervisely": supervisely.read, "kaggle": kaggle.read, "mvtec": mvtec.read, "mtd": mtd.read}
     return readers[kind](Path(root), **options)
 
 
@@ -54,6 +61,10 @@ def detect_kind(root: str | Path) -> str | None:
         return "supervisely"
     if (root / "train" / "good").is_dir():
         return "mvtec"
+    from .mtd import is_mtd_layout
+
+    if is_mtd_layout(root):
+        return "mtd"
     if any(p.is_dir() for p in root.glob("*_front")) or any(p.is_dir() for p in root.glob("*/*_front")):
         return "kaggle"
     return None

@@ -25,6 +25,16 @@ KNOWN_SOURCES = {
         "folder": "data/casting_data",
         "license": "CC BY-NC-ND 4.0 (Kaggle, ravirajsinh45)",
     },
+    "magnetic-tile": {
+        "kind": "mtd",
+        "description": "Magnetic Tile Defects (Huang, Qiu and Yuan, The Visual Computer 2020): 1,344 greyscale photos of "
+                       "ferrite tiles, MT_Free (952 defect-free) and five defect classes, a grey pixel mask beside each",
+        "repository": "https://github.com/abin24/Magnetic-tile-defect-datasets.",
+        "commit": "cc4eb530b57b9cb7225bf76023873043ffd50655",
+        "folder": "",
+        "archive": "https://github.com/abin24/Magnetic-tile-defect-datasets./archive/cc4eb530b57b9cb7225bf76023873043ffd50655.zip",
+        "license": "no licence file; the repository's README welcomes use and asks for a citation of the paper",
+    },
 }
 
 
