@@ -736,9 +736,9 @@ def build_split(
     ``allow_source_mix``. With ``balance``, the test defects are matched to
     the test goods on defect-blind measures (:func:`balance_test_defects`), so
     that lighting and photo sessions cannot tell them apart; at most
-    ``counts.test_defect`` are kept. With ``test_good_share``, ``counts`` and
-    ``balance`` give way to DifferNet's protocol by photo group
-    (:func:`plan_by_group_share`). The shortcut audit (:mod:`.audit`) runs
+    ``counts.test_defect`` are kept. With ``test_good_share``, ``counts``
+    give way to DifferNet's protocol by photo group (:func:`plan_by_group_share`),
+    whose test defects ``balance`` matches too. The shortcut audit (:mod:`.audit`) runs
     on the written images and goes into the report (``audit=False`` skips it).
     """
     from .sources.mtd import MASK_RULE, MASK_THRESHOLD
@@ -774,11 +774,12 @@ def build_split(
         mask_source_kinds = transfer_report.pop("mask_source_kinds")
     groups = group_photos(records, scans, register=register, threshold=group_threshold, progress=progress)
     if test_good_share is not None:
-        plan, balance = plan_by_group_share(records, groups, usable, test_good_share, seed), False
+        plan = plan_by_group_share(records, groups, usable, test_good_share, seed)
     else:
         plan = plan_split(records, scans, groups, usable, counts, seed, defect_candidates=balance)
     if balance:
-        plan = balance_test_defects(records, plan, size, counts.test_defect, progress)
+        limit = None if test_good_share is not None else counts.test_defect
+        plan = balance_test_defects(records, plan, size, limit, progress)
     mix = check_source_mix(records, plan)
     if not mix.passed and not allow_source_mix:
         raise ImpellerBenchError(

@@ -106,7 +106,7 @@ class _MethodsCommand(click.Command):
 _SPLIT_FILE_DECIDES = ("train_good", "test_good", "test_defect", "seed", "size", "defect_classes", "group_threshold",
                        "registration", "allow_source_mix", "balance", "name", "test_good_share")
 # What --test-good-share decides instead (DifferNet's protocol by photo group).
-_SHARE_DECIDES = ("train_good", "test_good", "test_defect", "balance")
+_SHARE_DECIDES = ("train_good", "test_good", "test_defect")
 
 
 @main.command("build-split")
@@ -146,8 +146,8 @@ _SHARE_DECIDES = ("train_good", "test_good", "test_defect", "balance")
                    "pretrained features), at most two per good image and at most --test-defect.")
 @click.option("--test-good-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="DifferNet's protocol, by photo group: this share of the good images (whole photo groups, "
-                   "seeded) and every defect image test, the other good images train (the mtd split: 0.2); "
-                   "replaces --train-good, --test-good, --test-defect and --balance.")
+                   "seeded) and every defect image test (matched with --balance), the other good images train "
+                   "(the mtd split: 0.2); replaces --train-good, --test-good and --test-defect.")
 @click.option("--audit/--no-audit", default=True, show_default=True, help="Run the shortcut audit on the written images.")
 @click.option("--name", default="custom", show_default=True, help="Name recorded in the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
