@@ -31,11 +31,10 @@ differ otherwise:
     image, equal to the image's out-of-fold defect-blind propensity (train
     good against test defect, from the acquisition statistics with
     brightness, and from the pretrained features), and reports its pixel
-    AUROC. It fails at
-    ``OFFSET_AUROC`` or more, or when the interval's lower end exceeds
-    ``OFFSET_INTERVAL_LOW``. Train good against test defect is still
-    reported, for information: there it is expected to be separable (the
-    defect photos were taken apart), and it does not by itself help
+    AUROC. It fails at ``OFFSET_AUROC`` or more, or when the interval's lower
+    end exceeds ``OFFSET_INTERVAL_LOW``. Train good against test defect is
+    still reported, for information: there it is expected to be separable
+    (the defect photos were taken apart), and it does not by itself help
     localisation.
 
 When the images name their capture session (Magnetic Tile Defects:
@@ -141,6 +140,8 @@ def separability_line(s: dict) -> str:
         return f"{kind} {s['measure']}, {s['compare']}: FAIL, not measurable ({s['note']})"
     low, high = s["interval"]
     verdict = "for information" if s.get("informational") else ("pass" if s["passed"] else "FAIL")
+    if kind == "(d)":
+        verdict += f" (fails at {OFFSET_AUROC:.2f} or more, or with the interval above {OFFSET_INTERVAL_LOW:.2f})"
     sizes = (f"{s['images'][1]} images, {s['groups'][1]} photo groups" if kind == "(d)" else
              f"{s['images'][0]} vs {s['images'][1]} images, {s['groups'][0]} vs {s['groups'][1]} photo groups")
     return (f"{kind} {s['measure']}, {s['compare']}: {what} {s['auroc']:.3f} [{low:.3f}, {high:.3f}] ({sizes}) "
@@ -241,7 +242,7 @@ def acquisition_statistics(image: np.ndarray, region: np.ndarray) -> dict[str, f
 
 
 def pretrained_features(images: Sequence[np.ndarray], regions: Sequence[np.ndarray], backbone=None,
-                        progress=no_progress, batch_size: int = 16) -> np.ndarray:
+                        progress=no_progress, batch_size: int = 16, stage: str = "audit") -> np.ndarray:
     """Per image: each stage of FEATURE_STAGES averaged over the grid cells wholly inside the region; concatenated.
     Each batch is seen square, at its first image's side, at most FEATURE_SIZE."""
     import torch
@@ -252,7 +253,7 @@ def pretrained_features(images: Sequence[np.ndarray], regions: Sequence[np.ndarr
     backbone = backbone or load_backbone("efficientnet_lite0").eval()
     out = []
     starts = list(range(0, len(images), batch_size))
-    for start in progress(starts, "audit: pretrained features"):
+    for start in progress(starts, f"{stage}: pretrained features"):
         chunk = images[start : start + batch_size]
         size = min(max(chunk[0].shape), FEATURE_SIZE)
         with torch.no_grad():
@@ -433,12 +434,14 @@ def _one_hot(values) -> np.ndarray:
 
 
 def defect_blind_measures(images: Sequence[AuditImage], seed: int, features: bool = True, backbone=None,
-                          progress=no_progress) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """({statistic: value per image}, pooled pretrained features per image or None), outside the defect regions."""
+                          progress=no_progress, stage: str = "audit") -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """({statistic: value per image}, pooled pretrained features per image or None), outside the defect regions.
+    ``stage`` names the work in the progress lines (the audit, or the matching)."""
     regions = defect_blind_regions(images, seed)
-    stats = [acquisition_statistics(im.image, r) for im, r in zip(progress(images, "audit: statistics"), regions)]
+    stats = [acquisition_statistics(im.image, r) for im, r in zip(progress(images, f"{stage}: statistics"), regions)]
     table = {name: np.array([s[name] for s in stats]) for name in stats[0]} if stats else {}
-    pooled = pretrained_features([im.image for im in images], regions, backbone, progress) if features else None
+    pooled = pretrained_features([im.image for im in images], regions, backbone, progress, stage=stage) \
+        if features else None
     return table, pooled
 
 
@@ -457,7 +460,7 @@ def matched_defects(images: Sequence[AuditImage], *, per_good: int = 2, caliper:
     roles = np.array([im.role for im in images])
     labels = roles == TEST_DEFECT
     groups = np.array([im.group for im in images])
-    table, pooled = defect_blind_measures(images, seed, True, backbone, progress)
+    table, pooled = defect_blind_measures(images, seed, True, backbone, progress, stage="matching")
     x = np.hstack([np.stack([table[n] for n in ACQUISITION_STATISTICS + ("brightness",)], 1), pooled])
     propensity = _out_of_fold_scores(x, labels, groups, seed)
     if propensity is None:

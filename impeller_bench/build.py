@@ -541,7 +541,8 @@ def make_manifest(name: str, records, plan: SplitPlan, size, defect_classes, gro
             "defect_classes": list(defect_classes),
             "group_threshold": group_threshold,
             "pixel_masks": all(records[s.record].has_mask for s in plan.selected if s.label == DEFECT),
-            "mask_rule": "area-average resample; a pixel is defective when at least half its area was",
+            "mask_rule": ("area-average resample; a pixel is defective when at least half its area was"
+                          if size != NATIVE else "native size: each mask at its image's own size, not resampled"),
         } | (options or {}),
         "sources": {name_: reference_for(name_, kind) for name_, kind in sources},
         "entries": entries,

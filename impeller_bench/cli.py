@@ -169,8 +169,10 @@ def build_split_command(supervisely, kaggle, mvtec, mtd, out, train_good, test_g
         raise click.UsageError(f"{', '.join(given(_SPLIT_FILE_DECIDES))}: --split takes these from the split file; "
                                "drop them")
     if test_good_share is not None and given(_SHARE_DECIDES):
-        raise click.UsageError(f"{', '.join(given(_SHARE_DECIDES))}: --test-good-share decides the counts (and "
-                               "matches nothing); drop them")
+        named = given(_SHARE_DECIDES)
+        raise click.UsageError(f"{', '.join(named)}: --test-good-share decides the counts itself (every good photo "
+                               f"group on one side, the test defects all, or those --balance matches); drop "
+                               f"{'it' if len(named) == 1 else 'them'}")
     manifest, report = build_split(
         out, supervisely=supervisely, kaggle=kaggle, mvtec=mvtec, mtd=mtd, mask_sources=mask_sources,
         counts=Counts(train_good, test_good, test_defect), test_good_share=test_good_share, seed=seed, size=size,
@@ -181,6 +183,9 @@ def build_split_command(supervisely, kaggle, mvtec, mtd, out, train_good, test_g
         name=name, overwrite=overwrite, progress=_progress,
     )
     click.echo(build_summary(manifest, report, out))
+    if not audit:
+        click.echo("shortcut audit: not run (--no-audit); run impeller-bench validate on the dataset before "
+                   "publishing any number on it")
     if not report.get("shortcut_audit", {"passed": True})["passed"]:
         click.echo(f"{out} is written, but its shortcut audit failed: a detector could pass it without finding "
                    "defects, so publish no number on it", err=True)
@@ -197,7 +202,8 @@ def build_summary(manifest: dict, report: dict, out: Path) -> str:
         lines.append(f"photo groups: {g['groups']} groups from {g['images']} images; {g['groups_with_several_images']} "
                      f"groups hold several images ({g['images_in_shared_groups']} images); merges: "
                      f"{g['exact_duplicate_pairs']} byte-identical pairs, {g['content_matches']} content matches"
-                     + (f", {g['capture_joins']} joined as captures of one object" if g.get("capture_joins") else ""))
+                     + (f", {g['capture_joins']} joined into capture series (one object under several lightings)"
+                        if g.get("capture_joins") else ""))
         lines.append(f"left out: {len(report['excluded'])} image(s) that failed validation (see build_report.json)")
         for path, reasons in list(report["excluded"].items())[:10]:
             lines.append(f"  {path}: {'; '.join(reasons)}")
@@ -612,12 +618,16 @@ def compare_command(pred_a, pred_b, dataset_dir, bootstrap_samples, seed, json_p
     a, b = load_predictions(pred_a), load_predictions(pred_b)
     dataset = _dataset_for(a, dataset_dir)
     result = compare(dataset, a, b, bootstrap_samples, seed, _progress)
-    click.echo(f"{result['b']} minus {result['a']} (paired bootstrap over {result['bootstrap']['unit']}s, "
-               f"{bootstrap_samples} resamples, seed {seed}):")
+    click.echo(f"B minus A: B = {result['b']} ({pred_b}), A = {result['a']} ({pred_a}); paired bootstrap over "
+               f"{result['bootstrap']['unit']}s, {bootstrap_samples} resamples, seed {seed}:")
     for name, diff in result["difference"].items():
         lo, hi = result["ci95"][name]
         verdict = "B better" if lo > 0 else "A better" if hi < 0 else "no clear difference"
         click.echo(f"  {name:<16} {100 * diff:+7.2f}  [{100 * lo:+7.2f}, {100 * hi:+7.2f}]  {verdict}")
+    if not result["image_level"]:
+        from .evaluate import IMAGE_METRICS_UNDEFINED
+
+        click.echo(f"  {IMAGE_METRICS_UNDEFINED}")
     if json_path:
         atomic_write_bytes(json_path, (json.dumps(result, indent=1) + "\n").encode())
 
@@ -743,7 +753,10 @@ def leaderboard_submit_command(run_dir, name, run_command_text, authors, code, h
     click.echo(f"wrote {board / 'submissions' / name}: image AUROC "
                f"{'not defined' if image_auroc is None else f'{100 * image_auroc:.2f}'}, "
                f"pixel PRO@30% {100 * submission['metrics']['pixel_pro_30']:.2f}")
-    click.echo("then: impeller-bench leaderboard validate && impeller-bench leaderboard build")
+    ctx = click.get_current_context()
+    where = f" --board {board}" if ctx.get_parameter_source("board") == click.core.ParameterSource.COMMANDLINE else ""
+    click.echo(f"then: impeller-bench leaderboard validate{where} && impeller-bench leaderboard build{where} "
+               "(both take --annotations and --data too, where the splits are not the defaults)")
 
 
 if __name__ == "__main__":  # pragma: no cover

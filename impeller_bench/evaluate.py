@@ -235,6 +235,7 @@ def compare(dataset: Dataset, a: Predictions, b: Predictions, bootstrap_samples:
     samples_a, samples_b = bootstrap([inputs_a, inputs_b], bootstrap_samples, seed, progress)
     return {
         "a": a.meta.get("method") or str(a.root), "b": b.meta.get("method") or str(b.root),
+        "image_level": inputs_a.image_level,
         "difference": {k: point_b[k] - point_a[k] for k in point_a},
         "ci95": {k: interval(samples_b[k] - samples_a[k]) for k in point_a},
         "bootstrap": {"samples": bootstrap_samples, "seed": seed, "unit": bootstrap_unit(inputs_a)},

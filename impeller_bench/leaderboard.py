@@ -45,7 +45,7 @@ CSV_NAME = "results.csv"
 LATENCY_PLOT = "latency_vs_pro.png"
 OVERLAY_PLOT = "overlays.png"
 FINGERPRINT_KEY = "impeller-bench-input-sha256"
-PLOT_FORMAT = 4  # bump when a plot's drawing changes, so that --check asks for a rebuild
+PLOT_FORMAT = 5  # bump when a plot's drawing changes, so that --check asks for a rebuild
 OVERLAY_IMAGES = 4
 OVERLAY_ENTRIES = 8
 
@@ -193,9 +193,10 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
              "(`impeller-bench leaderboard build --check` fails when this file is out of date).",
              "Every number of every entry is recomputed from its committed predictions by",
              "`impeller-bench leaderboard validate`. Percent; 95% bootstrap intervals in brackets; equal",
-             "values share a rank. Rows in *italics* are the paper's own figures",
-             "(Lim, Suh and Hur 2025, Tables 1-2), measured on their split with their masks and a GPU: shown",
-             "for reference, not comparable number for number, and not ranked.", ""]
+             "values share a rank. Rows in *italics* are published figures: on the impeller tracks the paper's",
+             "(Lim, Suh and Hur 2025, Tables 1-2, their split with their masks and a GPU), on `mtd` DifferNet's",
+             "(Rudolph et al. 2021, their image-by-image split): shown for reference, not comparable number for",
+             "number, and not ranked.", ""]
     audit = lambda split: published.load_audit(annotations, split)
     groups = by_split(entries)
     for split, group in groups.items():
@@ -209,7 +210,7 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
         for split in deprecated:
             lines += ["", f"Why `{split}` is deprecated: {published.deprecation_reason(split)}.", ""]
             lines += _split_section(split, groups[split], "###", audit(split))
-    lines += [f"![Latency against pixel PRO]({LATENCY_PLOT})", "",
+    lines += [f"![Latency against pixel PRO on {plotted_split(entries)}]({LATENCY_PLOT})", "",
               f"Anomaly maps on a few defective test images: `{OVERLAY_PLOT}`, written here by `impeller-bench",
               "leaderboard build` from the built splits (not committed: it shows the sources' photos and masks).", "",
               "## Entries", "", "| Entry | Model | Split | Backbone | Hardware | Command | Notes |",
@@ -251,9 +252,18 @@ def _fingerprint(kind: str, payload) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def plotted_split(entries: list[dict]) -> str | None:
+    """The split the latency plot shows: the main one where it has entries, else the first current one (PRO on
+    different tracks is not one scale)."""
+    splits = list(by_split(current_entries(entries)))
+    return splits[0] if splits else None
+
+
 def latency_payload(entries: list[dict]) -> list:
+    split = plotted_split(entries)
     return [[e["name"], e["method"], e["latency"]["median_ms"], e["metrics"]["pixel_pro_30"], e["ci95"]["pixel_pro_30"]]
-            for e in sorted(current_entries(entries), key=lambda e: e["name"]) if e["latency"]]
+            for e in sorted(current_entries(entries), key=lambda e: e["name"])
+            if e["latency"] and e["dataset"]["split"] == split]
 
 
 def overlay_choice(annotations: Path, split: str, count: int = OVERLAY_IMAGES) -> list[str]:
@@ -308,9 +318,12 @@ def draw_latency_plot(entries: list[dict], path: Path) -> None:
     if values and max(values) / min(values) > 20:
         axes.set_xscale("log")
         axes.set_xlim(min(values) / 1.5, max(values) * 8)  # room for the rightmost label
+    if not payload:
+        axes.text(0.5, 0.5, "no entry of this split claims a latency", ha="center", va="center",
+                  transform=axes.transAxes)
     axes.set_xlabel("latency per image, median (ms; batch 1, 256x256, each entry's own hardware)")
     axes.set_ylabel("pixel PRO@30% (%), 95% interval")
-    axes.set_title("Latency against localisation (up and left is better)")
+    axes.set_title(f"Latency against localisation on {plotted_split(entries)} (up and left is better)")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     _save_png(figure, path, _fingerprint("latency", payload))

@@ -24,7 +24,7 @@ from impeller_bench.errors import ImpellerBenchError
 from impeller_bench.evaluate import evaluate
 from impeller_bench.predictions import load_predictions, write_predictions
 
-from conftest import KAGGLE, REPO, REQUIRE_DATA, SUPERVISELY, needs_shared_data
+from conftest import KAGGLE, MAGNETIC_TILE, REPO, REQUIRE_DATA, SUPERVISELY, needs_shared_data
 
 BOARD = REPO / "leaderboard"
 ANNOTATIONS = REPO / "annotations"
@@ -268,7 +268,8 @@ def published_data_root(shared_data, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("published")
     sources = {"impeller-v1": dict(supervisely=[SUPERVISELY], kaggle=[KAGGLE]),
-               "impeller-v2-native": dict(supervisely=[SUPERVISELY])}
+               "impeller-v2-native": dict(supervisely=[SUPERVISELY]),
+               "impeller-v2-localization": dict(supervisely=[SUPERVISELY]), "mtd": dict(mtd=[MAGNETIC_TILE])}
     for split in {e["dataset"]["split"] for e in leaderboard.load_entries(BOARD)}:
         build_split(root / split, split_file=ANNOTATIONS / f"{split}.json", audit=False, **sources[split])
     return root
@@ -351,3 +352,48 @@ def test_a_latency_claim_keeps_how_it_was_timed():
         "memory_of_training_images": 400}
     with pytest.raises(ImpellerBenchError, match="no latency figures for spade"):
         submission.latency_entry([row], "spade", "CI")
+
+
+@pytest.fixture(scope="session")
+def localization_registry(tmp_path_factory):
+    """(data root, annotations, board, the submission) of a synthetic track without good test images."""
+    from impeller_bench.synth import write_synthetic
+
+    root = tmp_path_factory.mktemp("localization-registry")
+    data_root, annotations = root / "data", root / "annotations"
+    write_synthetic(data_root / "synthetic-impellers", train_good=4, test_good=0, test_defect=6, size=64, seed=2)
+    dataset = load_dataset(data_root / "synthetic-impellers")
+    annotations.mkdir()
+    shutil.copy(dataset.root / "manifest.json", annotations / "synthetic-impellers.json")
+    maps = {s.id: ndi.gaussian_filter(s.load_mask().astype(np.float32) + 0.3 * np.random.default_rng(k).random((64, 64),
+                                                                                                           np.float32), 1)
+            for k, s in enumerate(dataset.test)}
+    run_dir = write_predictions(root / "run", {i: float(m.max()) for i, m in maps.items()}, maps,
+                                {"method": "smoothed-mask", "dataset": str(dataset.root)})
+    result = run("leaderboard", "submit", run_dir, "--name", "smoothed", "--command", "a test fixture", "--author", "t",
+                 "--code", "tests", "--hardware", "CI", "--map-size", 32, "--bootstrap", 20, "--board", root / "board",
+                 "--dataset", dataset.root)
+    assert result.exit_code == 0, result.output
+    assert "image AUROC not defined" in result.output
+    return data_root, annotations, root / "board", root / "board" / "submissions" / "smoothed"
+
+
+def test_a_track_without_good_test_images_takes_entries_with_pixel_metrics_only(localization_registry, tmp_path):
+    data_root, annotations, board, folder = localization_registry
+    claims = json.loads((folder / submission.SUBMISSION_FILE).read_text())
+    assert all(claims["metrics"][m] is None and claims["ci95"][m] is None for m in submission.IMAGE_METRICS)
+    assert all(0 < claims["metrics"][m] <= 1 for m in submission.PIXEL_METRICS)
+    assert submission.validate_submission(folder, data_root, annotations).ok
+    forged = tmp_path / "board" / "submissions" / "smoothed"
+    shutil.copytree(folder, forged)
+    edit_claims(forged, lambda d: (d["metrics"].update(image_auroc=0.99), d["ci95"].update(image_auroc=[0.9, 1.0])))
+    only_problem(submission.validate_submission(forged, data_root, annotations),
+                 "image_auroc: claimed 0.990000, recomputed null (not defined: the split has no good test images)")
+    built = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
+    assert built.exit_code == 0, built.output
+    readme = (board / "README.md").read_text()
+    assert "Image level: not defined on this track (no good test images)" in readme
+    assert "Image level (ranked by AUROC)" not in readme and "| 1 | smoothed-mask | `smoothed` |" in readme
+    row = (board / "results.csv").read_text().splitlines()[1].split(",")
+    assert row[3] == "" and row[4] == "1" and row[5] == ""  # no image rank, no image AUROC; pixel rank 1
+    assert run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations).exit_code == 0

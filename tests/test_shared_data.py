@@ -10,7 +10,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import KAGGLE, REPO, SUPERVISELY, needs_shared_data
+from conftest import KAGGLE, MAGNETIC_TILE, REPO, SUPERVISELY, needs_shared_data
 from impeller_bench import build
 from impeller_bench.cli import main
 from impeller_bench.imageio import read_mask, sha256_file
@@ -19,6 +19,8 @@ pytestmark = needs_shared_data
 PUBLISHED = REPO / "annotations" / "impeller-v1.json"
 PUBLISHED_IMAGE_LEVEL = REPO / "annotations" / "impeller-v1-kaggle-test.json"
 V2_NATIVE = REPO / "annotations" / "impeller-v2-native.json"
+V2_LOCALIZATION = REPO / "annotations" / "impeller-v2-localization.json"
+MTD = REPO / "annotations" / "mtd.json"
 
 
 def run(*args):
@@ -130,6 +132,40 @@ def test_impeller_v2_native_rebuilds_byte_for_byte_and_passes_the_shortcut_audit
     assert run("validate", out).exit_code == 0
 
 
+def test_impeller_v2_localization_rebuilds_byte_for_byte_with_its_audit_for_a_track_without_good_images(
+        shared_data, tmp_path):
+    out = tmp_path / "impeller-v2-localization"
+    result = run("build-split", "--supervisely", SUPERVISELY, "--out", out, "--split", V2_LOCALIZATION)
+    assert result.exit_code == 0, result.output
+    assert "shortcut audit: PASS" in result.output and "not applicable" in result.output
+    manifest = assert_rebuilt(out, V2_LOCALIZATION)
+    counts = Counter((e["split"], e["label"]) for e in manifest["entries"])
+    assert counts == {("train", "good"): 72, ("test", "defect"): 140}
+    assert len({e["group"] for e in manifest["entries"] if e["split"] == "test"}) == 101
+    train_groups = {e["group"] for e in manifest["entries"] if e["split"] == "train"}
+    assert not train_groups & {e["group"] for e in manifest["entries"] if e["split"] == "test"}
+    audit = json.loads((REPO / "annotations" / "audits" / "impeller-v2-localization.json").read_text())
+    assert audit["passed"] and {s.get("check") for s in audit["separability"]} == {None, "(d)"}
+
+
+def test_mtd_rebuilds_byte_for_byte_and_passes_the_shortcut_audit(shared_data, tmp_path):
+    out = tmp_path / "mtd"
+    result = run("build-split", "--mtd", MAGNETIC_TILE, "--out", out, "--split", MTD)
+    assert result.exit_code == 0, result.output
+    assert "shortcut audit: PASS" in result.output and "capture session" in result.output
+    manifest = assert_rebuilt(out, MTD)
+    counts = Counter((e["split"], e["label"]) for e in manifest["entries"])
+    assert counts == {("train", "good"): 673, ("test", "good"): 172, ("test", "defect"): 222}
+    assert manifest["build"]["source_mask_threshold"] == 128 and manifest["build"]["size"] == "native"
+    sides = {}
+    for e in manifest["entries"]:
+        sides.setdefault(e["group"], set()).add(e["split"])
+    assert all(len(s) == 1 for s in sides.values())  # no tile (its six lightings) on both sides
+    sizes = {Image.open(out / e["file"]).size for e in manifest["entries"]}
+    assert len(sizes) > 100 and any(w != h for w, h in sizes)  # each image at its own size
+    assert run("validate", out, "--no-audit").exit_code == 0
+
+
 # Kaggle variants of two annotated defect photos, and look-alike parts, as registration sorted them.
 VARIANTS = {"img/cast_def_0_1359.jpeg": ["9125", "6356", "2529", "5491", "1711", "1723"],
             "img/cast_def_0_1087.jpeg": ["2321", "1154", "3299", "8478", "7551", "2758"]}
@@ -176,6 +212,12 @@ def test_seed_0_selects_impeller_v2_native(shared_data):
     assert wanted("defect") <= chosen(plan, "defect")
     matched = build.balance_test_defects(records, plan, b["size"])
     assert len(chosen(matched, "defect") & wanted("defect")) >= 0.9 * len(wanted("defect"))
+    # The localization track from the same photo groups: every good group that holds no defect photo trains,
+    # every defect photo with a mask tests (no matching: exact).
+    localization = build.plan_split(records, scans, groups, usable, build.Counts(None, 0, None), seed=0)
+    published = json.loads(V2_LOCALIZATION.read_text())
+    assert {(records[s.record].relpath, s.split, s.label) for s in localization.selected} == {
+        (e["source_path"], e["split"], e["label"]) for e in published["entries"]}
 
 
 def test_published_image_level_split_rebuilds(shared_data, tmp_path):

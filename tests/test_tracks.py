@@ -73,6 +73,11 @@ def test_evaluate_and_compare_commands_accept_a_localization_track(localization,
     assert "image_auroc" not in json.loads((a / "metrics.json").read_text())["metrics"]
     difference = compare(localization, load_predictions(a), load_predictions(b), bootstrap_samples=20)
     assert set(difference["difference"]) == {"pixel_auroc", "pixel_pro_30", "pixel_f1_max"}
+    compared = CliRunner().invoke(main, ["compare", str(a), str(b), "--dataset", str(localization.root),
+                                         "--bootstrap", "20"])
+    assert compared.exit_code == 0, compared.output
+    assert f"B minus A: B = quantised-2 ({b}), A = quantised-1 ({a})" in compared.output
+    assert "image metrics: not defined (no good test images)" in compared.output
 
 
 def test_good_test_images_without_a_defect_image_stay_an_error(synthetic_dataset, tmp_path):
@@ -214,7 +219,8 @@ def test_build_split_imports_mtd_by_photo_group_and_records_the_threshold(tiles,
 def test_test_good_share_refuses_the_counts_it_replaces(tiles, tmp_path):
     result = CliRunner().invoke(main, ["build-split", "--mtd", str(tiles), "--out", str(tmp_path / "x"),
                                        "--test-good-share", "0.2", "--test-good", "5"])
-    assert result.exit_code == 2 and "--test-good: --test-good-share decides the counts" in result.output
+    assert result.exit_code == 2 and "--test-good: --test-good-share decides the counts itself" in result.output
+    assert result.output.rstrip().endswith("drop it")
     assert not (tmp_path / "x").exists()
 
 

@@ -8,6 +8,7 @@ import click
 import pytest
 import yaml
 
+from impeller_bench import leaderboard, published
 from impeller_bench.cli import main
 
 from conftest import REPO
@@ -28,7 +29,9 @@ def load(name: str) -> dict:
 
 
 def run_lines(workflow: dict) -> list[str]:
-    return [step["run"].strip() for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    """Every command line the workflow runs (a step's multi-line ``run`` gives one per line)."""
+    return [line.strip() for job in workflow["jobs"].values() for step in job["steps"] if "run" in step
+            for line in step["run"].strip().splitlines() if line.strip()]
 
 
 def resolve(args: list[str]) -> tuple[click.Command, list[str]]:
@@ -74,12 +77,14 @@ def test_leaderboard_workflow_calls_real_commands_in_order():
     assert "leaderboard/**" in workflow["on"]["pull_request"]["paths"]
     calls = [line for line in run_lines(workflow) if line.startswith("impeller-bench ")]
     names = [resolve(shlex.split(c)[1:])[0].name for c in calls]
-    assert names == ["download", "build-split", "build-split", "validate", "build", "build"]
+    assert names == ["download"] + ["build-split"] * 4 + ["validate", "build", "build"]
     for line in calls:
         check_invocation(line)
-    built = {shlex.split(c)[shlex.split(c).index("--split") + 1] for c in calls[1:3]}
-    assert built == {f"annotations/{split}.json" for split in ("impeller-v2-native", "impeller-v1")}
-    assert "--check" in calls[4] and "--check" not in calls[5]
+    built = {shlex.split(c)[shlex.split(c).index("--split") + 1] for c in calls[1:5]}
+    # Every split with entries on the board: the current tracks and the deprecated one that keeps its entries.
+    on_board = {e["dataset"]["split"] for e in leaderboard.load_entries(REPO / "leaderboard")}
+    assert built == {f"annotations/{split}.json" for split in on_board | set(published.SPLITS) - {"impeller-v1-kaggle-test"}}
+    assert "--check" in calls[6] and "--check" not in calls[7]
     env = next(iter(workflow["jobs"].values()))["env"]
     assert env["KAGGLE_KEY"] == "${{ secrets.KAGGLE_KEY }}"
 

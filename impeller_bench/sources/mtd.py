@@ -94,7 +94,8 @@ def read(root: Path, source: str | None = None):
     source = source or root.name
     folders = class_folders(root)
     if not folders or not is_mtd_layout(root):
-        raise ImpellerBenchError("not a Magnetic Tile Defects layout (expected MT_Free/ and MT_<Class>/Imgs/)", root)
+        raise ImpellerBenchError("not a Magnetic Tile Defects layout (expected MT_Free/Imgs/ and MT_<Class>/Imgs/)",
+                                 root)
     records, findings = [], []
     grey = {"masks": 0, "masks_with_grey": 0, "grey_pixels": 0, "nonzero_pixels": 0}
     sizes: Counter = Counter()
@@ -169,6 +170,7 @@ def _source_notes(source: str, grey: dict, shapes: list[tuple[int, int]]) -> lis
         square = sum(h == w for h, w in shapes)
         notes.append(Finding(INFO, "image-sizes", source,
                              f"image sizes vary: {min(widths)}-{max(widths)} px wide, {min(heights)}-{max(heights)} px "
-                             f"tall, {len(shapes) - square} of {len(shapes)} not square (kept on disk at their own size; "
+                             f"tall, {len(shapes) - square} of the {len(shapes)} images read not square (kept on disk "
+                             "at their own size; "
                              "detectors see them resized, maps are scored at each mask's size)"))
     return notes
