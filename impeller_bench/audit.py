@@ -333,7 +333,8 @@ def _out_of_fold_scores(x, labels, groups, seed) -> np.ndarray | None:
 
 def audit_images(images: Sequence[AuditImage], *, seed: int = 0, features: bool = True, backbone=None,
                  progress: Callable[[Iterable, str], Iterable] = no_progress) -> AuditResult:
-    """Run (a), (b) and (c) on a split's images."""
+    """Run (a), (b) and (c) on a split's images; on a split without good test images, (a), (b) for information
+    and (d)."""
     roles = np.array([im.role for im in images])
     mix = source_mix(list(roles), [im.source for im in images])
     result = AuditResult(mix, settings={
@@ -343,6 +344,8 @@ def audit_images(images: Sequence[AuditImage], *, seed: int = 0, features: bool 
         "acquisition_statistics": list(ACQUISITION_STATISTICS), "single_statistics": list(SINGLE_STATISTICS),
         "features": f"efficientnet_lite0 {'+'.join(FEATURE_STAGES)}, mean over defect-blind cells" if features else None,
     })
+    if features and any(max(im.image.shape) > FEATURE_SIZE for im in images):
+        result.settings["features_at_most"] = FEATURE_SIZE
     table, pooled = defect_blind_measures(images, seed, features, backbone, progress)
     measures = [("acquisition statistics", np.stack([table[n] for n in ACQUISITION_STATISTICS], 1), True)]
     if pooled is not None:
@@ -381,7 +384,7 @@ def _audit_without_good(result: AuditResult, images, measures, roles, groups, se
     masks = [images[k].mask for k in defects]
     for name, x, fit in measures:
         informational = _compare(name, x, roles, groups, TRAIN_GOOD, TEST_DEFECT, seed, fit)
-        informational.informational, informational.passed = True, True
+        informational.informational = True  # its own verdict is kept; the audit's does not count it
         informational.note = ("expected to separate where defect photos were taken apart; a cue that raises a whole "
                               "image alike is judged by (d)") + (f"; {informational.note}" if informational.note else "")
         result.separability.append(informational)
@@ -397,6 +400,8 @@ def _image_level_cue(name, x, roles, groups, masks, defects, seed) -> Separabili
     n = (int((~labels).sum()), int(labels.sum()))
     g = (len(np.unique(groups[chosen][~labels])), len(np.unique(groups[chosen][labels])))
     compare = "constant per test image, from its train good vs test defect propensity"
+    if any(m is None for m in masks):
+        return Separability(name, compare, None, None, n, g, False, "the defect images have no pixel masks", "(d)")
     propensity = (_out_of_fold_scores(x[chosen], labels, groups[chosen], seed) if min(g) >= 2 else None)
     if propensity is None:
         return Separability(name, compare, None, None, n, g, False, "too few photo groups to cross-validate", "(d)")

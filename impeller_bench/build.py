@@ -119,7 +119,7 @@ def group_photos(records: Sequence[SourceRecord], scans: Sequence[ScannedImage |
     found = grouping.find_photo_groups(
         [records[i].sha256 for i in usable], [scans[i].fingerprint for i in usable], register=same_photo,
         captures=[records[i].capture for i in usable],
-        verify_matches=register and not all(FINGERPRINT_JOINS.get(records[i].kind, True) for i in usable), **options
+        fingerprint_joins=[FINGERPRINT_JOINS.get(records[i].kind, True) for i in usable], **options
     )
     group_of = np.empty(len(records), dtype=np.int64)
     group_of[usable] = found.group_of
@@ -333,6 +333,10 @@ def plan_by_group_share(records, groups: grouping.PhotoGroups, usable: np.ndarra
             break
         test_groups.add(g)
         taken += len(good_groups[g])
+    if len(test_groups) == len(good_groups):
+        raise ImpellerBenchError(f"a test share of {test_good_share} of the good images takes every good photo group "
+                                 f"({len(good_groups)}) to the test side, leaving none to train; ask for a smaller "
+                                 "share. Nothing was written.")
     selected = (
         [Selected(i, TRAIN, GOOD, g) for g, members in sorted(good_groups.items()) if g not in test_groups
          for i in members]
@@ -762,10 +766,11 @@ def build_split(
         )
         return manifest, report
 
+    given_classes = defect_classes
     defect_classes = tuple(defect_classes or DEFAULT_DEFECT_CLASSES)
     records, findings = read_sources(supervisely, kaggle, mvtec, defect_classes, mtd)
-    if not supervisely and not mask_sources:  # the classes on record are the ones the sources name
-        defect_classes = tuple(sorted({c for r in records for c in r.defect_classes}))
+    if mtd and not (given_classes or supervisely or kaggle or mvtec or mask_sources):
+        defect_classes = tuple(sorted({c for r in records for c in r.defect_classes}))  # the ones MTD's folders name
     scans, scan_findings = scan(records, progress)
     findings += scan_findings
     usable = eligible(records, scans, findings)
@@ -912,6 +917,11 @@ def balance_test_defects(records, plan: SplitPlan, size, limit: int | None = Non
     except ValueError as exc:
         raise ImpellerBenchError(f"cannot match the test defects to the test goods: {exc} (--no-balance skips "
                                  "the matching)") from exc
+    if not kept:
+        raise ImpellerBenchError(f"the matching kept none of the {sum(s.label == DEFECT for s in tests)} candidate "
+                                 "test defects: none lies within the caliper of a test good image's propensity. "
+                                 "Nothing was written. (--no-balance keeps them all; the shortcut audit then says "
+                                 "whether they can be told apart without their defects.)")
     chosen = {id(tests[k]) for k in kept}
     selected = [s for s in plan.selected if s.label != DEFECT or id(s) in chosen]
     counts = dataclasses.replace(plan.counts, test_defect=len(kept))

@@ -55,7 +55,7 @@ class EvaluationInputs:
     @property
     def image_level(self) -> bool:
         """Whether the image metrics are defined: the test set holds good and defect images."""
-        return bool(self.labels.any() and not self.labels.all())
+        return metrics.image_metrics_defined(self.labels)
 
 
 def bootstrap_groups(dataset: Dataset) -> np.ndarray | None:

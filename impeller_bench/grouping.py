@@ -221,7 +221,7 @@ def find_photo_groups(
     register: Callable[[int, int], tuple[bool, float]] | None = None,
     registration_min_score: float = REGISTRATION_MIN_SCORE,
     captures: Sequence[str | None] | None = None,
-    verify_matches: bool = False,
+    fingerprint_joins: Sequence[bool] | None = None,
 ) -> PhotoGroups:
     """Group images that show the same photograph: ``sha256s[i]`` and ``fingerprints[i]`` describe image i.
 
@@ -231,11 +231,12 @@ def find_photo_groups(
     ``captures[i]``, where not None, names the capture series image i belongs
     to by its source's own account (one object photographed under several
     lightings, :func:`.sources.mtd.capture_series`): images of one series are
-    one group whatever their content says. With ``verify_matches`` (images
-    that are not impellers, whose fingerprint score alone says little: on the
-    magnetic tiles it chains unrelated tiles into groups of over a hundred),
-    no pair is joined on its score: every candidate from
-    ``registration_min_score`` up is registered instead.
+    one group whatever their content says. ``fingerprint_joins[i]`` False
+    marks an image whose fingerprint score alone says little (not an
+    impeller: on the magnetic tiles the score chains unrelated tiles into
+    groups of over a hundred): no pair with such an image is joined on its
+    score; from ``registration_min_score`` up it is registered instead (and
+    without ``register``, not joined).
     """
     progress = progress or no_progress
     n = len(sha256s)
@@ -270,7 +271,8 @@ def find_photo_groups(
         for u, v in progress(pairs, "comparing similar photos"):
             a, b = unique[u], unique[v]
             score = match_score(fingerprints[a], fingerprints[b])
-            if score >= threshold and not verify_matches:
+            trusted = fingerprint_joins is None or (fingerprint_joins[a] and fingerprint_joins[b])
+            if score >= threshold and trusted:
                 matches.append((a, b, score))
                 joined.union(a, b)
             elif register is not None and score >= registration_min_score:

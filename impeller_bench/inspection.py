@@ -160,7 +160,7 @@ def decision_report(calibration: Calibration, labels, scores, masks=None, maps=N
                        "false_alarm_rate": _share(flagged[~labels]), "recall": _share(flagged[labels]),
                        "precision": _share(labels[flagged])},
     }
-    if labels.any() and not labels.all():  # F1-max needs both kinds of image (a localization track has no good)
+    if metrics.image_metrics_defined(labels):  # F1-max needs both kinds of image (a localization track has no good)
         best = metrics.f1_max(labels, scores)
         report["f1_max"] = {"threshold": best.threshold, "f1": best.f1, "precision": best.precision,
                             "recall": best.recall}

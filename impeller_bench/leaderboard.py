@@ -75,15 +75,28 @@ DIFFERNET_MTD = {"image_auroc": 97.7}
 
 
 def reference_rows(split: str) -> list[tuple[str, str, dict]]:
-    """Published figures shown beside a split's entries, never ranked: (model, where, {metric: percent})."""
-    if published.SPLITS.get(split, {}).get("references") == "differnet":
+    """Published figures shown beside a split's entries, never ranked: (model, where, {metric: percent, and
+    latency_ms where published}). The impeller splits get the paper's (``published.SPLITS``' ``references``:
+    "paper", the default), mtd DifferNet's, a track no published figure was measured like (the localization
+    track: no good test images) none."""
+    kind = published.SPLITS.get(split, {}).get("references", "paper")
+    if kind == "differnet":
         return [("DifferNet (Rudolph et al. 2021)", "their split, by image", DIFFERNET_MTD)]
-    return [(f"{model_name(method)} (paper)", "paper, their split", figures) for method, figures in PAPER.items()]
+    if kind == "paper":
+        return [(f"{model_name(method)} (paper)", "paper, their split", figures) for method, figures in PAPER.items()]
+    return []
 
 
-def image_level(entries: list[dict]) -> bool:
-    """Whether the entries' split defines the image metrics (it has good test images)."""
-    return all(e["metrics"][IMAGE_RANKED_BY] is not None for e in entries)
+def image_level(annotations: str | Path, split: str, entries: list[dict]) -> bool:
+    """Whether ``split`` defines the image metrics: its published file holds good and defect test images (a
+    split not published there, the entries' claims say)."""
+    from .metrics import image_metrics_defined
+
+    path = Path(annotations) / f"{split}.json"
+    if not path.is_file():
+        return all(e["metrics"][IMAGE_RANKED_BY] is not None for e in entries)
+    tests = [e["label"] != "good" for e in json.loads(path.read_text())["entries"] if e["split"] == "test"]
+    return image_metrics_defined(tests)
 
 
 def model_name(method: str) -> str:
@@ -152,19 +165,20 @@ def _table(entries: list[dict], columns: dict[str, str], ranked_by: str, referen
     return lines
 
 
-def _latency_table(entries: list[dict]) -> list[str]:
+def _latency_table(entries: list[dict], references) -> list[str]:
     lines = ["| Model | Entry | Median ms | p90 ms | Device | Threads | Hardware |", "|---|---|---|---|---|---|---|"]
     timed = sorted((e for e in entries if e["latency"]), key=lambda e: (e["latency"]["median_ms"], e["name"]))
     for entry in timed:
         latency, protocol = entry["latency"], entry["latency"]["protocol"]
         lines.append(f"| {model_name(entry['method'])} | `{entry['name']}` | {latency['median_ms']:.1f} | {latency['p90_ms']:.1f} "
                      f"| {protocol.get('device', '?')} | {protocol.get('threads', '?')} | {latency.get('hardware', entry['hardware'])} |")
-    for method, figures in PAPER.items():
-        lines.append(f"| *{model_name(method)} (paper)* | *paper* | *{figures['latency_ms']:.2f}* | - | *cuda* | - | *{PAPER_HARDWARE}* |")
+    for model, _, figures in references:
+        if "latency_ms" in figures:
+            lines.append(f"| *{model}* | *paper* | *{figures['latency_ms']:.2f}* | - | *cuda* | - | *{PAPER_HARDWARE}* |")
     return lines
 
 
-def _split_section(split: str, group: list[dict], level: str, audit: dict | None) -> list[str]:
+def _split_section(split: str, group: list[dict], level: str, audit: dict | None, annotations) -> list[str]:
     sha = group[0]["dataset"]["manifest_sha256"]
     about = published.SPLITS.get(split, {}).get("about")
     lines = [f"{level} {split}", "", f"Split `annotations/{split}.json`" + (f": {about}" if about else "")
@@ -175,14 +189,15 @@ def _split_section(split: str, group: list[dict], level: str, audit: dict | None
     references = reference_rows(split)
     lines += [f"Intervals: bootstrap over {'photo groups (variants of one photo move together)' if unit == 'photo group' else 'test images'}.",
               ""]
-    if image_level(group):
+    if image_level(annotations, split, group):
         lines += [f"{level}# Image level (ranked by AUROC)", ""] + _table(group, IMAGE_COLUMNS, IMAGE_RANKED_BY, references)
         lines.append("")
     else:
         lines += ["Image level: not defined on this track (no good test images); pixel false positives are counted "
                   "over the normal pixels of the defect images.", ""]
     lines += [f"{level}# Pixel level (ranked by PRO@30%)", ""] + _table(group, PIXEL_COLUMNS, PIXEL_RANKED_BY, references)
-    lines += ["", f"{level}# Latency (batch 1, 256x256, host to device and back)", ""] + _latency_table(group)
+    lines += ["", f"{level}# Latency (batch 1, 256x256, host to device and back)", ""] + _latency_table(group,
+                                                                                                     references)
     return lines + [""]
 
 
@@ -193,15 +208,15 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
              "(`impeller-bench leaderboard build --check` fails when this file is out of date).",
              "Every number of every entry is recomputed from its committed predictions by",
              "`impeller-bench leaderboard validate`. Percent; 95% bootstrap intervals in brackets; equal",
-             "values share a rank. Rows in *italics* are published figures: on the impeller tracks the paper's",
-             "(Lim, Suh and Hur 2025, Tables 1-2, their split with their masks and a GPU), on `mtd` DifferNet's",
-             "(Rudolph et al. 2021, their image-by-image split): shown for reference, not comparable number for",
-             "number, and not ranked.", ""]
+             "values share a rank. Rows in *italics* are published figures: on the impeller splits with good test",
+             "images the paper's (Lim, Suh and Hur 2025, Tables 1-2, their split with their masks and a GPU), on",
+             "`mtd` DifferNet's (Rudolph et al. 2021, their image-by-image split), none on the localization track:",
+             "shown for reference, not comparable number for number, and not ranked.", ""]
     audit = lambda split: published.load_audit(annotations, split)
     groups = by_split(entries)
     for split, group in groups.items():
         if published.status(split) != published.DEPRECATED:
-            lines += _split_section(split, group, "##", audit(split))
+            lines += _split_section(split, group, "##", audit(split), annotations)
     deprecated = [split for split in groups if published.status(split) == published.DEPRECATED]
     if deprecated:
         lines += ["## Deprecated: source shortcut", "",
@@ -209,7 +224,7 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
                   "new entries."]
         for split in deprecated:
             lines += ["", f"Why `{split}` is deprecated: {published.deprecation_reason(split)}.", ""]
-            lines += _split_section(split, groups[split], "###", audit(split))
+            lines += _split_section(split, groups[split], "###", audit(split), annotations)
     lines += [f"![Latency against pixel PRO on {plotted_split(entries)}]({LATENCY_PLOT})", "",
               f"Anomaly maps on a few defective test images: `{OVERLAY_PLOT}`, written here by `impeller-bench",
               "leaderboard build` from the built splits (not committed: it shows the sources' photos and masks).", "",
@@ -224,7 +239,7 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
     return "\n".join(lines)
 
 
-def render_csv(entries: list[dict]) -> str:
+def render_csv(entries: list[dict], annotations: str | Path) -> str:
     columns = ["split", "name", "method", "rank_image", "rank_pixel"]
     columns += [c for m in METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
     columns += ["latency_median_ms", "latency_p90_ms", "latency_device", "hardware", "manifest_sha256"]
@@ -233,7 +248,7 @@ def render_csv(entries: list[dict]) -> str:
     writer.writerow(columns)
     for split, group in by_split(entries).items():
         pixel_rank = ranks(group, PIXEL_RANKED_BY)
-        image_rank = ranks(group, IMAGE_RANKED_BY) if image_level(group) else [""] * len(group)
+        image_rank = ranks(group, IMAGE_RANKED_BY) if image_level(annotations, split, group) else [""] * len(group)
         for entry, r_image, r_pixel in sorted(zip(group, image_rank, pixel_rank), key=lambda t: t[0]["name"]):
             latency = entry["latency"] or {}
             row = [split, entry["name"], entry["method"], r_image, r_pixel]
@@ -372,7 +387,7 @@ def draw_overlays(entries: list[dict], annotations: Path, datasets: dict, path: 
 
 def expected_outputs(entries: list[dict], annotations: str | Path) -> dict[str, str]:
     """What each committed file must hold: the text itself, or a PNG's input fingerprint."""
-    return {README_NAME: render_readme(entries, annotations), CSV_NAME: render_csv(entries),
+    return {README_NAME: render_readme(entries, annotations), CSV_NAME: render_csv(entries, annotations),
             LATENCY_PLOT: _fingerprint("latency", latency_payload(entries))}
 
 

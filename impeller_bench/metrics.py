@@ -343,6 +343,13 @@ def area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
 # --------------------------------------------------------------------------- image level
 
 
+def image_metrics_defined(labels) -> bool:
+    """Whether the image metrics are defined on these test labels: good and defect images both present (a
+    localization track, all defect, defines the pixel metrics only)."""
+    labels = np.asarray(labels, bool)
+    return bool(labels.any() and not labels.all())
+
+
 def image_auroc(labels, scores) -> float:
     """Area under the ROC curve of image scores (scikit-learn's roc_auc_score)."""
     labels, scores = _check_labels(labels, scores)

@@ -185,11 +185,27 @@ def schema_problems(data) -> list[str]:
             problems.append(f"{SUBMISSION_FILE}: missing field '{name}' ({wanted})")
         elif not check(data[name]):
             problems.append(f"{SUBMISSION_FILE}: field '{name}' must be {wanted}; found {json.dumps(data[name])[:80]}")
+    if not problems:
+        problems += null_problems(data["metrics"], data["ci95"])
     if "notes" in data and not isinstance(data["notes"], str):
         problems.append(f"{SUBMISSION_FILE}: field 'notes' must be text")
     unknown = sorted(set(data) - set(FIELDS) - {"notes"})
     if unknown:
         problems.append(f"{SUBMISSION_FILE}: unknown field(s) {', '.join(unknown)}")
+    return problems
+
+
+def null_problems(metrics: dict, ci95: dict) -> list[str]:
+    """The one way a claim may leave metrics out: every image metric null (a split without good test images),
+    each with a null interval, and no other null."""
+    nulls = {m for m in METRICS if metrics[m] is None}
+    problems = []
+    if nulls and nulls != set(IMAGE_METRICS):
+        problems.append(f"{SUBMISSION_FILE}: the image metrics are null all together (a split without good test "
+                        f"images) or none of them; found null: {', '.join(sorted(nulls))}")
+    unpaired = sorted(m for m in METRICS if (metrics[m] is None) != (ci95[m] is None))
+    if unpaired:
+        problems.append(f"{SUBMISSION_FILE}: an interval is null exactly where its metric is: {', '.join(unpaired)}")
     return problems
 
 
@@ -241,7 +257,7 @@ def compare_claims(claimed: dict, recomputed: dict, tolerance: float = TOLERANCE
     problems = []
     for name in METRICS:
         claim, actual = claimed["metrics"][name], recomputed["metrics"].get(name)
-        if (claim is None) != (actual is None) or (claimed["ci95"][name] is None) != (claim is None):
+        if (claim is None) != (actual is None):
             shown = lambda v: "null" if v is None else f"{v:.6f}"
             problems.append(f"{name}: claimed {shown(claim)}, recomputed {shown(actual)}"
                             + (" (not defined: the split has no good test images)" if actual is None else ""))

@@ -101,6 +101,22 @@ def test_nearest_matches_brute_force_with_ties():
     np.testing.assert_allclose(brute.gather(1, rows), distances, atol=1e-5)  # the rows hold those distances
 
 
+def test_a_long_bank_searched_a_slice_at_a_time_gives_the_same_nearest_rows(monkeypatch):
+    """The sliced path (a bank longer than BANK_SLICE) against the one-block path, ties included: equal
+    distances, and the first of equally near rows, as ``min`` picks it."""
+    from impeller_bench.detectors import neighbours
+
+    generator = torch.Generator().manual_seed(2)
+    queries = torch.randint(0, 3, (37, 4), generator=generator).float()
+    bank = torch.randint(0, 3, (101, 4), generator=generator).float()  # many exact ties, across slices too
+    whole = nearest(queries, bank)
+    monkeypatch.setattr(neighbours, "BANK_SLICE", 8)
+    sliced = nearest(queries, bank)
+    assert torch.equal(sliced[1], whole[1]) and torch.equal(sliced[0], whole[0])
+    brute = torch.cdist(queries, bank)
+    assert torch.equal(sliced[1][:, 0], torch.argmin(brute, dim=1))  # argmin: the first of the tied rows
+
+
 def test_greedy_coreset_is_the_k_center_greedy_choice():
     generator = torch.Generator().manual_seed(1)
     points = torch.randn(200, 5, generator=generator)

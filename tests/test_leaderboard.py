@@ -386,7 +386,8 @@ def test_a_track_without_good_test_images_takes_entries_with_pixel_metrics_only(
     assert submission.validate_submission(folder, data_root, annotations).ok
     forged = tmp_path / "board" / "submissions" / "smoothed"
     shutil.copytree(folder, forged)
-    edit_claims(forged, lambda d: (d["metrics"].update(image_auroc=0.99), d["ci95"].update(image_auroc=[0.9, 1.0])))
+    edit_claims(forged, lambda d: (d["metrics"].update({m: 0.99 for m in submission.IMAGE_METRICS}),
+                                   d["ci95"].update({m: [0.9, 1.0] for m in submission.IMAGE_METRICS})))
     only_problem(submission.validate_submission(forged, data_root, annotations),
                  "image_auroc: claimed 0.990000, recomputed null (not defined: the split has no good test images)")
     built = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
@@ -397,3 +398,11 @@ def test_a_track_without_good_test_images_takes_entries_with_pixel_metrics_only(
     row = (board / "results.csv").read_text().splitlines()[1].split(",")
     assert row[3] == "" and row[4] == "1" and row[5] == ""  # no image rank, no image AUROC; pixel rank 1
     assert run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations).exit_code == 0
+
+
+def test_image_metrics_are_null_all_together_and_with_their_intervals(entry):
+    folder, validate = entry
+    edit_claims(folder, lambda d: (d["metrics"].update(image_auroc=None), d["ci95"].update(image_auroc=None)))
+    only_problem(validate(), "the image metrics are null all together", "found null: image_auroc")
+    edit_claims(folder, lambda d: (d["metrics"].update(image_auroc=0.5), d["ci95"].update(pixel_pro_30=None)))
+    only_problem(validate(), "field 'ci95' must be", "null for an image metric that is null")

@@ -220,6 +220,24 @@ def test_seed_0_selects_impeller_v2_native(shared_data):
         (e["source_path"], e["split"], e["label"]) for e in published["entries"]}
 
 
+def test_seed_0_selects_mtd(shared_data):
+    """Magnetic Tile Defects grouped into capture series, DifferNet's share drawn by photo group for seed 0: the
+    published split. Train and test goods are exact; the matched test defects come from pretrained features
+    (float32 sums differ a little between CPUs), so most of them must agree."""
+    records, findings = build.read_sources(mtd=[MAGNETIC_TILE])
+    scans, more = build.scan(records)
+    usable = build.eligible(records, scans, findings + more)
+    groups = build.group_photos(records, scans)
+    published = json.loads(MTD.read_text())
+    plan = build.plan_by_group_share(records, groups, usable, published["build"]["protocol"]["test_good_share"], 0)
+    chosen = lambda p, label: {(records[s.record].relpath, s.split) for s in p.selected if s.label == label}
+    wanted = lambda label: {(e["source_path"], e["split"]) for e in published["entries"] if e["label"] == label}
+    assert chosen(plan, "good") == wanted("good") and wanted("defect") <= chosen(plan, "defect")
+    assert len(plan.notes["left_out"]) == 107
+    matched = build.balance_test_defects(records, plan, "native")
+    assert len(chosen(matched, "defect") & wanted("defect")) >= 0.9 * len(wanted("defect"))
+
+
 def test_published_image_level_split_rebuilds(shared_data, tmp_path):
     out = tmp_path / "kaggle-test"
     result = run("build-split", "--supervisely", SUPERVISELY, "--kaggle", KAGGLE, "--out", out,

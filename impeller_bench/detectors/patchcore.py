@@ -8,9 +8,9 @@
   ``coreset_fraction`` (10%), distances measured after a random projection
   to 128 dimensions. The quick profile caps the bank at ``coreset_max``
   (16,384) patches, a CPU economy: the selection's time grows with bank x
-  patches (Magnetic Tile Defects' training side, 10%: some 70,000 steps over
-  700,000 patches, 25 minutes on 2 cores; capped, 5). Splits of up to 160
-  training images at 256 px keep their 10%.
+  patches (Magnetic Tile Defects' training side: 68,915 steps over 689,152
+  patches at 10%). Splits of up to 160 training images at 256 px keep their
+  10%; the README gives the cap's measured cost and effect.
 - Patch score: distance to the nearest bank patch; the map is upsampled to the
   image size and smoothed (Gaussian, sigma 4).
 - Image score (the paper's eq. 7): with m_test the test patch of largest

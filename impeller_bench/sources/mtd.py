@@ -67,19 +67,17 @@ def capture_number(stem: str) -> int | None:
     return int(found.group(2)) if found else None
 
 
-def capture_series(records) -> list[str | None]:
-    """A capture series per record: records sorted by capture number, a new series wherever the next number is
-    more than CAPTURE_GAP above the last (per source); None for names without a capture number."""
-    numbered = sorted((capture_number(r.stem), r.source, k) for k, r in enumerate(records)
-                      if capture_number(r.stem) is not None)
-    series: list[str | None] = [None] * len(records)
-    previous: dict[str, int] = {}
-    first: dict[str, int] = {}
-    for number, source, k in numbered:
-        if source not in previous or number - previous[source] > CAPTURE_GAP:
-            first[source] = number
-        previous[source] = number
-        series[k] = f"{source}:capture-{first[source]}"
+def capture_series(stems, source: str) -> list[str | None]:
+    """A capture series per file name (stem) of one source: names sorted by capture number, a new series wherever
+    the next number is more than CAPTURE_GAP above the last; None for names without a capture number."""
+    numbered = sorted((capture_number(stem), k) for k, stem in enumerate(stems) if capture_number(stem) is not None)
+    series: list[str | None] = [None] * len(stems)
+    previous = first = None
+    for number, k in numbered:
+        if previous is None or number - previous > CAPTURE_GAP:
+            first = number
+        previous = number
+        series[k] = f"{source}:capture-{first}"
     return series
 
 
@@ -92,17 +90,17 @@ def read(root: Path, source: str | None = None):
     """Read a Magnetic Tile Defects folder; returns (records, findings)."""
     root = Path(root)
     source = source or root.name
-    folders = class_folders(root)
-    if not folders or not is_mtd_layout(root):
+    if not is_mtd_layout(root):
         raise ImpellerBenchError("not a Magnetic Tile Defects layout (expected MT_Free/Imgs/ and MT_<Class>/Imgs/)",
                                  root)
-    records, findings = [], []
+    records, findings, stems = [], [], []
     grey = {"masks": 0, "masks_with_grey": 0, "grey_pixels": 0, "nonzero_pixels": 0}
     sizes: Counter = Counter()
-    for folder in folders:
+    for folder in class_folders(root):
         images = folder / "Imgs" if (folder / "Imgs").is_dir() else folder
         defect_class = None if folder.name == GOOD_FOLDER else folder.name[len(FOLDER_PREFIX):].lower()
         for path in sorted(p for p in images.iterdir() if is_image_file(p) and p.suffix.lower() != ".png"):
+            stems.append(path.stem)
             record, found, mask_grey = _read_one(root, path, source, defect_class)
             findings += found
             if mask_grey is not None:
@@ -113,10 +111,12 @@ def read(root: Path, source: str | None = None):
                 grey["nonzero_pixels"] += int((mask_grey > 0).sum())
             if record is not None:
                 records.append(record)
-                sizes[mask_grey.shape if mask_grey is not None else None] += 1
-    findings += _source_notes(source, grey, [s for s in sizes.elements() if s is not None])
-    for record, series in zip(records, capture_series(records)):
-        record.capture = series
+                sizes[mask_grey.shape] += 1  # a record's mask was read, at its image's size (scan checks)
+    findings += _source_notes(source, grey, list(sizes.elements()))
+    # Series over every file name, those refused included, so that a refused image cannot split a tile's series.
+    series_of = dict(zip(stems, capture_series(stems, source)))
+    for record in records:
+        record.capture = series_of[record.stem]
     return records, findings
 
 
@@ -136,10 +136,10 @@ def _read_one(root: Path, path: Path, source: str, defect_class: str | None):
     if mask_grey.ndim == 3:
         return None, [Finding(ERROR, "bad-mask", where, "mask is a colour image; a grey mask is expected")], None
     mask = threshold_mask(mask_grey)
-    if defect_class is None and mask_grey.any():
+    if defect_class is None and mask.any():
         findings.append(Finding(ERROR, "mask-on-good-image", where,
-                                f"a defect-free ({GOOD_FOLDER}) image's mask has {int((mask_grey > 0).sum())} "
-                                "non-zero pixel(s)"))
+                                f"a defect-free ({GOOD_FOLDER}) image's mask has {int(mask.sum())} pixel(s) at or "
+                                f"above the threshold {MASK_THRESHOLD}"))
     if defect_class is not None and not mask.any():
         findings.append(Finding(ERROR, "empty-mask", where,
                                 f"defect image whose mask keeps no pixel at threshold {MASK_THRESHOLD} (highest grey "
@@ -151,7 +151,7 @@ def _read_one(root: Path, path: Path, source: str, defect_class: str | None):
         sha256=sha256_bytes(data),
         defect_mask=None if defect_class is None else mask,
         defect_classes=() if defect_class is None else (defect_class,),
-        class_masks=None if defect_class is None else {defect_class: mask},
+        class_masks=None if defect_class is None else {defect_class: mask},  # one class per MTD folder
         session=session_of(path.stem),
     )
     return record, findings, mask_grey
@@ -165,12 +165,11 @@ def _source_notes(source: str, grey: dict, shapes: list[tuple[int, int]]) -> lis
                              f"{grey['masks_with_grey']} of {grey['masks']} masks hold grey levels between 1 and 254: "
                              f"{grey['grey_pixels']:,} pixels, {100 * share:.1f}% of the non-zero mask pixels; "
                              f"thresholded at {MASK_THRESHOLD} ({MASK_RULE})"))
-    if shapes:
+    if len(set(shapes)) > 1:
         heights, widths = zip(*shapes)
         square = sum(h == w for h, w in shapes)
         notes.append(Finding(INFO, "image-sizes", source,
                              f"image sizes vary: {min(widths)}-{max(widths)} px wide, {min(heights)}-{max(heights)} px "
                              f"tall, {len(shapes) - square} of the {len(shapes)} images read not square (kept on disk "
-                             "at their own size; "
-                             "detectors see them resized, maps are scored at each mask's size)"))
+                             "at their own size; detectors see them resized, maps are scored at each mask's size)"))
     return notes
