@@ -749,9 +749,11 @@ def leaderboard_submit_command(run_dir, name, run_command_text, authors, code, h
                                     version=f"impeller-bench {__version__}", hardware=hardware, command=run_command_text,
                                     latency=latency, map_size=map_size, bootstrap_samples=bootstrap_samples, notes=notes,
                                     overwrite=overwrite, progress=_progress)
+    from .evaluate import IMAGE_METRICS_UNDEFINED
+
     image_auroc = submission["metrics"]["image_auroc"]
-    click.echo(f"wrote {board / 'submissions' / name}: image AUROC "
-               f"{'not defined' if image_auroc is None else f'{100 * image_auroc:.2f}'}, "
+    click.echo(f"wrote {board / 'submissions' / name}: "
+               f"{IMAGE_METRICS_UNDEFINED if image_auroc is None else f'image AUROC {100 * image_auroc:.2f}'}, "
                f"pixel PRO@30% {100 * submission['metrics']['pixel_pro_30']:.2f}")
     ctx = click.get_current_context()
     where = f" --board {board}" if ctx.get_parameter_source("board") == click.core.ParameterSource.COMMANDLINE else ""

@@ -35,7 +35,7 @@ from scipy.stats import rankdata
 
 from . import published
 from .errors import ImpellerBenchError
-from .evaluate import resize_map
+from .evaluate import IMAGE_METRICS_UNDEFINED, resize_map
 from .imageio import atomic_write_bytes
 from .predictions import load_predictions
 from .submission import METRICS, PREDICTIONS_DIR, load_published_dataset, read_submission
@@ -193,8 +193,8 @@ def _split_section(split: str, group: list[dict], level: str, audit: dict | None
         lines += [f"{level}# Image level (ranked by AUROC)", ""] + _table(group, IMAGE_COLUMNS, IMAGE_RANKED_BY, references)
         lines.append("")
     else:
-        lines += ["Image level: not defined on this track (no good test images); pixel false positives are counted "
-                  "over the normal pixels of the defect images.", ""]
+        lines += [f"{IMAGE_METRICS_UNDEFINED[0].upper()}{IMAGE_METRICS_UNDEFINED[1:]} on this track; pixel false "
+                  "positives are counted over the normal pixels of the defect images.", ""]
     lines += [f"{level}# Pixel level (ranked by PRO@30%)", ""] + _table(group, PIXEL_COLUMNS, PIXEL_RANKED_BY, references)
     lines += ["", f"{level}# Latency (batch 1, 256x256, host to device and back)", ""] + _latency_table(group,
                                                                                                      references)

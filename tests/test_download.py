@@ -76,8 +76,7 @@ def test_magnetic_tile_defects_download_from_their_pinned_commit(tmp_path, monke
     """The repository's archive at the pinned commit (its name ends with a dot, so does the archive's folder)."""
     reference = KNOWN_SOURCES["magnetic-tile"]
     assert reference["commit"] == "cc4eb530b57b9cb7225bf76023873043ffd50655" and reference["kind"] == "mtd"
-    archive = zip_folder(MAGNETIC_TILE, tmp_path / "mtd.zip", f"Magnetic-tile-defect-datasets.-{reference['commit']}",
-                         extra={f"Magnetic-tile-defect-datasets.-{reference['commit']}/README.md": b"readme"})
+    archive = zip_folder(MAGNETIC_TILE, tmp_path / "mtd.zip", f"Magnetic-tile-defect-datasets.-{reference['commit']}")
     fetched = []
     monkeypatch.setattr(download, "fetch", lambda url, dest: fetched.append(url) or Path(archive))
     receipt = download.download_source("magnetic-tile", tmp_path / "to", ANNOTATIONS, say=lambda text: None)

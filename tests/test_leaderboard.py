@@ -374,7 +374,7 @@ def localization_registry(tmp_path_factory):
                  "--code", "tests", "--hardware", "CI", "--map-size", 32, "--bootstrap", 20, "--board", root / "board",
                  "--dataset", dataset.root)
     assert result.exit_code == 0, result.output
-    assert "image AUROC not defined" in result.output
+    assert "image metrics: not defined (no good test images)" in result.output
     return data_root, annotations, root / "board", root / "board" / "submissions" / "smoothed"
 
 
@@ -393,7 +393,7 @@ def test_a_track_without_good_test_images_takes_entries_with_pixel_metrics_only(
     built = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
     assert built.exit_code == 0, built.output
     readme = (board / "README.md").read_text()
-    assert "Image level: not defined on this track (no good test images)" in readme
+    assert "Image metrics: not defined (no good test images) on this track" in readme
     assert "Image level (ranked by AUROC)" not in readme and "| 1 | smoothed-mask | `smoothed` |" in readme
     row = (board / "results.csv").read_text().splitlines()[1].split(",")
     assert row[3] == "" and row[4] == "1" and row[5] == ""  # no image rank, no image AUROC; pixel rank 1
