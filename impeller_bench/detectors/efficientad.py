@@ -310,6 +310,10 @@ class EfficientADConfig:
     # teacher's outputs on N colour-augmented views per training image (the first unaugmented) are computed once
     # and each step trains one student pass on a batch of views against them (the CPU profile's economy).
     cached_views: int = 0
+    # Cached views only, 0: no limit. N > 0: at most N views in all, so fewer per image on a large training set
+    # (at least the unaugmented one): the teacher's passes before the first step stop growing with the set
+    # (Magnetic Tile Defects, 673 images: 8 views each would take about 13 minutes on 2 cores, 3 take 4).
+    cached_views_at_most: int = 0
     # Cached views only: each augmented view is also turned by a random multiple of 90 degrees and maybe mirrored
     # (for parts photographed in any orientation, as impellers are; more normal appearance from few photos).
     turn_views: bool = False
@@ -516,7 +520,7 @@ class EfficientAD(ScoredByModule, Detector):
         "quick": {"steps": 2000, "stop_check_every": 250, "stop_distance": 0.2,
                   "batch_size": 4, "image_size": 128, "precision": "auto", "lr": 1e-3, "anomaly_map": "local",
                   "hard_quantile": 0.9, "teacher_scale": 2.0, "cover_border": True, "student_width": 0.5,
-                  "cached_views": 8, "turn_views": True},
+                  "cached_views": 8, "cached_views_at_most": 2048, "turn_views": True},
     }
 
     def __init__(self, config, name, device=None):
@@ -553,8 +557,8 @@ class EfficientAD(ScoredByModule, Detector):
                 # Loaded from the cache (seed 0 for every detector: one teacher per machine serves all) when the
                 # teacher first runs, unless a saved detector's own teacher weights are loaded first.
                 load_on_first_use(self.teacher, c.teacher, c.pdn)
-        if c.turn_views and not c.cached_views:
-            raise ImpellerBenchError("turn_views applies to cached views only (cached_views > 0)")
+        if (c.turn_views or c.cached_views_at_most) and not c.cached_views:
+            raise ImpellerBenchError("turn_views and cached_views_at_most apply to cached views only (cached_views > 0)")
         self.channels = channels
         self.student = pdn(2 * channels, c.pdn, c.student_width)
         self.autoencoder = AutoEncoder(self.input_size, c.decoder, c.dropout, channels)
@@ -687,10 +691,16 @@ class EfficientAD(ScoredByModule, Detector):
         self.buffers["teacher_mean"], self.buffers["teacher_std"] = mean.to(self.device), std.to(self.device)
         return (stacked - mean) / std
 
+    def views_per_image(self, images: int) -> int:
+        """How many views of each of ``images`` training images are cached (the first unaugmented)."""
+        c = self.config
+        return max(1, min(c.cached_views, c.cached_views_at_most // images)) if c.cached_views_at_most else c.cached_views
+
     def _cached_views(self, train: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, progress=None):
-        """Each training image and ``cached_views - 1`` augmented copies, with the teacher's outputs on them."""
+        """Each training image and ``views_per_image - 1`` augmented copies, with the teacher's outputs on them."""
         views, view_targets = [train], [targets.bfloat16()]
-        extra = range(self.config.cached_views - 1)
+        self.cached_views_per_image = self.views_per_image(len(train))
+        extra = range(self.cached_views_per_image - 1)
         label = f"teacher on {len(extra)} augmented view{'s' * (len(extra) != 1)} of each image"
         for _ in (progress(extra, label) if progress else extra):
             augmented = torch.cat([self._turn(_augment(chunk, generator), generator) for chunk in train.split(1)])
@@ -790,7 +800,8 @@ class EfficientAD(ScoredByModule, Detector):
             "penalty": "none (no penalty images given)",
             "training_precision": self.training_precision,
         } | ({"steps_trained": self.steps_trained, "held_out_distances": self.validation_distances}
-             if hasattr(self, "steps_trained") else {})
+             if hasattr(self, "steps_trained") else {}) | (
+            {"cached_views_per_image": self.cached_views_per_image} if hasattr(self, "cached_views_per_image") else {})
 
 
 @register("ours")
