@@ -20,7 +20,7 @@ CODE="impeller-bench repository, commit $(git rev-parse --short HEAD)"
 
 notes_for() {
   case "$1" in
-    ours|efficientad) echo "quick CPU profile: frozen EfficientNet-Lite2 feature teacher (ImageNet, offline; the paper distils a PDN from WideResNet-101 on ImageNet), 128 px, half-width student, 8 cached views per image, early stopping on held-out normals (at most 2,000 steps of 4), the student-teacher map alone (the published combined map is an ablation); not the paper's recipe (70,000 steps)" ;;
+    ours|efficientad) echo "quick CPU profile: frozen EfficientNet-Lite2 feature teacher (ImageNet, offline; the paper distils a PDN from WideResNet-101 on ImageNet), 128 px, half-width student, 8 cached views per image (at most 2,048 in all), early stopping on held-out normals (at most 2,000 steps of 4), the student-teacher map alone (the published combined map is an ablation); not the paper's recipe (70,000 steps)" ;;
     patchcore) echo "quick profile: EfficientNet-Lite0 stage3+stage5, 3x3 aggregation, 10% greedy coreset, at most 16,384 patches" ;;
     padim) echo "EfficientNet-Lite0 stage2+3+5, 100 random channels" ;;
     spade) echo "EfficientNet-Lite0 features, k = 50 nearest training images" ;;
