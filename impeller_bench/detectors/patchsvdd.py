@@ -182,7 +182,7 @@ class PatchSVDD(Detector):
             meter.loss = float(loss.detach())
         self.encoder.eval()
         self.last_loss = meter.loss
-        self.banks = {name: self._embed_grid(data, name).flatten(0, 2) for name in PATCH_SIZES}
+        self.banks = {name: self._embed_grid(data, name, progress).flatten(0, 2) for name in PATCH_SIZES}
         self.fitted = True
         return self
 
@@ -191,12 +191,13 @@ class PatchSVDD(Detector):
     def _stride(self, size_name):
         return self.config.stride_big if size_name == "big" else self.config.stride_small
 
-    def _embed_grid(self, data: torch.Tensor, size_name: str) -> torch.Tensor:
+    def _embed_grid(self, data: torch.Tensor, size_name: str, progress=None) -> torch.Tensor:
         """N x h x w x D embeddings of every patch on the grid."""
         k, stride = PATCH_SIZES[size_name], self._stride(size_name)
         encoder, out = self._encoders()[size_name], []
+        images = progress(data, f"memory bank of {k} x {k} patches") if progress else data
         with torch.no_grad():
-            for image in data:
+            for image in images:
                 patches = image.unfold(1, k, stride).unfold(2, k, stride)  # C x h x w x K x K
                 h, w = patches.shape[1:3]
                 patches = patches.permute(1, 2, 0, 3, 4).reshape(h * w, -1, k, k)
