@@ -193,7 +193,7 @@ def _split_section(split: str, group: list[dict], level: str, audit: dict | None
         lines += [f"{level}# Image level (ranked by AUROC)", ""] + _table(group, IMAGE_COLUMNS, IMAGE_RANKED_BY, references)
         lines.append("")
     else:
-        lines += [f"{IMAGE_METRICS_UNDEFINED[0].upper()}{IMAGE_METRICS_UNDEFINED[1:]} on this track; pixel false "
+        lines += [f"{IMAGE_METRICS_UNDEFINED.capitalize()} on this track; pixel false "
                   "positives are counted over the normal pixels of the defect images.", ""]
     lines += [f"{level}# Pixel level (ranked by PRO@30%)", ""] + _table(group, PIXEL_COLUMNS, PIXEL_RANKED_BY, references)
     lines += ["", f"{level}# Latency (batch 1, 256x256, host to device and back)", ""] + _latency_table(group,

@@ -291,7 +291,7 @@ def validate_submission(folder: str | Path, data_root: str | Path, annotations: 
     """Check one submission folder completely; the evaluator's numbers are recomputed, never read.
 
     ``intervals=False`` recomputes everything but the bootstrap intervals (the costly part: 1,000 resamples,
-    about a minute for an MTD entry on 2 cores), for a quick pass over many entries; the command line always
+    minutes for an MTD entry on 2 cores), for a quick pass over many entries; the command line always
     checks them."""
     folder, data_root, annotations = Path(folder), Path(data_root), Path(annotations)
     check = Check(folder)

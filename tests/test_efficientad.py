@@ -295,7 +295,6 @@ def test_border_cover_maps_every_pixel_and_scores_only_whole_patches():
     np.testing.assert_allclose(scores, grid[:, 0, 4:-4, 4:-4].amax(dim=(1, 2)).numpy(), rtol=1e-5)
 
 
-
 def test_cached_views_have_a_total_limit_that_leaves_each_image_at_least_itself():
     detector = detectors.create("ours", image_size=64, steps=2, batch_size=2, seed=0, device="cpu",
                                 cached_views=4, cached_views_at_most=10, precision="float32")
@@ -307,6 +306,7 @@ def test_cached_views_have_a_total_limit_that_leaves_each_image_at_least_itself(
     assert unlimited.views_per_image(1000) == 4
     quick = detectors.detector_class("ours").profiles["quick"]
     assert quick["cached_views"] == 8 and quick["cached_views_at_most"] // 72 >= 8  # every impeller track keeps 8
+
 
 @pytest.mark.parametrize("cover_border", [True, False])
 def test_image_score_is_the_mean_of_the_highest_cells(cover_border):

@@ -296,7 +296,7 @@ def test_committed_entries_cover_every_method_and_fit_the_limits():
 @needs_shared_data
 def test_committed_board_validates(published_data_root):
     """Every entry's files, claims and numbers recomputed; its bootstrap intervals (1,000 resamples, the costly
-    part: about a minute per MTD entry on 2 cores) for every entry of the main split and the first entry of each
+    part: minutes per MTD entry on 2 cores) for every entry of the main split and the first entry of each
     other split. ``impeller-bench leaderboard validate``, which the leaderboard workflow runs, checks them all."""
     from impeller_bench import published
 
