@@ -263,8 +263,8 @@ def synth_command(out, train_good, test_good, test_defect, size, seed, overwrite
 
 _anomaly_map_option = click.option(
     "--anomaly-map", type=click.Choice(["combined", "local"]),
-    help="ours/efficientad's anomaly map: combined (published: student-teacher and autoencoder maps averaged; the "
-         "paper profile's) or local (the student-teacher map alone; the quick profile's).")
+    help="ours/efficientad's anomaly map: combined (published, every profile's default: the student-teacher and "
+         "autoencoder maps averaged) or local (the student-teacher map alone: an ablation).")
 
 _TRAINING_OPTIONS = (
     click.option("--profile", default="quick", show_default=True, type=click.Choice(["quick", "paper"]),
@@ -620,10 +620,11 @@ def compare_command(pred_a, pred_b, dataset_dir, bootstrap_samples, seed, json_p
     result = compare(dataset, a, b, bootstrap_samples, seed, _progress)
     click.echo(f"B minus A: B = {result['b']} ({pred_b}), A = {result['a']} ({pred_a}); paired bootstrap over "
                f"{result['bootstrap']['unit']}s, {bootstrap_samples} resamples, seed {seed}:")
+    click.echo(f"  {'metric':<16} {'B - A':>7}  {'95% interval':^18}  {'verdict':<19}  detectable (80% power)")
     for name, diff in result["difference"].items():
         lo, hi = result["ci95"][name]
-        verdict = "B better" if lo > 0 else "A better" if hi < 0 else "no clear difference"
-        click.echo(f"  {name:<16} {100 * diff:+7.2f}  [{100 * lo:+7.2f}, {100 * hi:+7.2f}]  {verdict}")
+        click.echo(f"  {name:<16} {100 * diff:+7.2f}  [{100 * lo:+7.2f}, {100 * hi:+7.2f}]  {result['verdict'][name]:<19}  "
+                   f"{100 * result['detectable_difference'][name]:.2f}")
     if not result["image_level"]:
         from .evaluate import IMAGE_METRICS_UNDEFINED
 

@@ -22,6 +22,7 @@ from .data import Dataset
 from .errors import ImpellerBenchError
 from .predictions import Predictions, check_against
 from .progress import no_progress
+from .significance import detectable_difference, difference_interval, verdict
 from .validate import require_valid
 
 FPR_LIMIT = 0.3
@@ -200,10 +201,12 @@ def interval(values: np.ndarray) -> list[float]:
 
 
 def evaluate(dataset: Dataset, predictions: Predictions, bootstrap_samples: int = 0, seed: int = 0, progress=None,
-             plots_dir=None) -> dict:
+             plots_dir=None, replicates: bool = False) -> dict:
     """All metrics by name (fractions in [0, 1]), plus breakdowns and, with bootstrap, 95% intervals.
 
-    With ``plots_dir``, ROC, precision-recall and PRO curves are written there as PNG.
+    With ``plots_dir``, ROC, precision-recall and PRO curves are written there as PNG. With ``replicates``
+    (and bootstrap), ``result["replicates"]`` holds each metric's values over the resamples (arrays, not
+    JSON): the same resamples for every predictions folder on one split, so they pair (:mod:`.significance`).
     """
     inputs = load_inputs(dataset, predictions, progress)
     result = {
@@ -220,6 +223,8 @@ def evaluate(dataset: Dataset, predictions: Predictions, bootstrap_samples: int 
         (samples,) = bootstrap([inputs], bootstrap_samples, seed, progress)
         result["ci95"] = {name: interval(v) for name, v in samples.items()}
         result["bootstrap"] = {"samples": bootstrap_samples, "seed": seed, "unit": bootstrap_unit(inputs)}
+        if replicates:
+            result["replicates"] = samples
     if plots_dir is not None:
         from .plots import evaluation_plots
 
@@ -229,7 +234,9 @@ def evaluate(dataset: Dataset, predictions: Predictions, bootstrap_samples: int 
 
 def compare(dataset: Dataset, a: Predictions, b: Predictions, bootstrap_samples: int = 1000, seed: int = 0,
             progress=None) -> dict:
-    """Paired bootstrap of B - A on the same test images: the difference per metric and its 95% interval."""
+    """Paired bootstrap of B - A on the same test images: the difference per metric, its 95% interval, the
+    verdict the board's ranks use and the difference this split would detect for this pair
+    (:mod:`.significance`)."""
     inputs_a, inputs_b = load_inputs(dataset, a, progress), load_inputs(dataset, b, progress)
     point_a, point_b = point_metrics(inputs_a), point_metrics(inputs_b)
     samples_a, samples_b = bootstrap([inputs_a, inputs_b], bootstrap_samples, seed, progress)
@@ -237,7 +244,9 @@ def compare(dataset: Dataset, a: Predictions, b: Predictions, bootstrap_samples:
         "a": a.meta.get("method") or str(a.root), "b": b.meta.get("method") or str(b.root),
         "image_level": inputs_a.image_level,
         "difference": {k: point_b[k] - point_a[k] for k in point_a},
-        "ci95": {k: interval(samples_b[k] - samples_a[k]) for k in point_a},
+        "ci95": {k: list(difference_interval(samples_a[k], samples_b[k])) for k in point_a},
+        "verdict": {k: verdict(samples_a[k], samples_b[k]) for k in point_a},
+        "detectable_difference": {k: detectable_difference(samples_a[k], samples_b[k]) for k in point_a},
         "bootstrap": {"samples": bootstrap_samples, "seed": seed, "unit": bootstrap_unit(inputs_a)},
     }
 

@@ -6,7 +6,9 @@
   ones, then the deprecated ones under their own heading with the reason;
   see :mod:`.published`), the split's shortcut audit verdict, the
   image-level table (the paper's Table 1 layout) and the pixel-level table
-  (Table 2), each entry with its 95% bootstrap interval and rank, the
+  (Table 2), each entry with its 95% bootstrap interval and its rank with
+  ties (1 + the entries that beat it, paired: :mod:`.significance`), under
+  each table the difference the split detects with 80% power, the
   paper's own figures beside them (marked: their split and masks, not
   comparable number for number), the latency table and how every entry was
   made;
@@ -31,14 +33,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 from . import published
 from .errors import ImpellerBenchError
 from .evaluate import IMAGE_METRICS_UNDEFINED, resize_map
 from .imageio import atomic_write_bytes
 from .predictions import load_predictions
-from .submission import METRICS, PREDICTIONS_DIR, load_published_dataset, read_submission
+from .significance import tied_ranks, track_detectable_difference
+from .submission import METRICS, PREDICTIONS_DIR, load_published_dataset, load_replicates, read_submission
 
 README_NAME = "README.md"
 CSV_NAME = "results.csv"
@@ -103,8 +105,16 @@ def model_name(method: str) -> str:
     return MODEL_NAMES.get(method, method)
 
 
+def entry_label(entry: dict) -> str:
+    """The model's name as the board shows it: an ablation says so ("Ours, local map": the student-teacher map
+    alone, not the published combined map)."""
+    ablation = ", local map" if entry["config"].get("anomaly_map") == "local" else ""
+    return model_name(entry["method"]) + ablation
+
+
 def load_entries(board: str | Path) -> list[dict]:
-    """Every submission of the board, schema-checked (``leaderboard validate`` checks the numbers)."""
+    """Every submission of the board, schema-checked, with its bootstrap replicates (``_replicates``);
+    ``leaderboard validate`` checks the numbers."""
     folder = Path(board) / "submissions"
     if not folder.is_dir():
         raise ImpellerBenchError("no submissions/ folder", board)
@@ -113,21 +123,28 @@ def load_entries(board: str | Path) -> list[dict]:
         data, problems = read_submission(path)
         if problems:
             raise ImpellerBenchError("; ".join(problems) + " (run: impeller-bench leaderboard validate)", path)
-        entries.append(data | {"_folder": path})
+        entries.append(data | {"_folder": path, "_replicates": load_replicates(path, data)})
     if not entries:
         raise ImpellerBenchError("the board has no submissions", folder)
     return entries
 
 
 def ranked(entries: list[dict], metric: str) -> list[tuple[int, dict]]:
-    """(rank, entry) pairs, best first; entries of equal rank by name."""
-    return sorted(zip(ranks(entries, metric), entries), key=lambda pair: (pair[0], pair[1]["name"]))
+    """(rank, entry) pairs, best first; entries of equal rank by value, then name."""
+    return sorted(zip(ranks(entries, metric), entries),
+                  key=lambda pair: (pair[0], -pair[1]["metrics"][metric], pair[1]["name"]))
 
 
 def ranks(entries: list[dict], metric: str) -> list[int]:
-    """Competition ranks (1 = best; equal values share the better rank: 1, 2, 2, 4)."""
-    values = np.array([e["metrics"][metric] for e in entries])
-    return [int(r) for r in rankdata(-values, method="min")]
+    """Ranks with ties (entries of one split): 1 + the number of entries that beat it, each pair judged by the
+    paired 95% bootstrap interval of its difference (:func:`.significance.tied_ranks`)."""
+    return tied_ranks([e["_replicates"][metric] for e in entries])
+
+
+def detectable_differences(entries: list[dict], metrics) -> dict[str, float | None]:
+    """Per metric, the difference the split detects with 80% power at the 5% level, paired (the median over
+    the pairs of ``entries``: :func:`.significance.track_detectable_difference`)."""
+    return {m: track_detectable_difference([e["_replicates"][m] for e in entries]) for m in metrics}
 
 
 def by_split(entries: list[dict]) -> dict[str, list[dict]]:
@@ -156,12 +173,16 @@ def _table(entries: list[dict], columns: dict[str, str], ranked_by: str, referen
     head = ["Rank", "Model", "Entry"] + list(columns.values())
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, entry in ranked(entries, ranked_by):
-        cells = [str(rank), model_name(entry["method"]), f"`{entry['name']}`"] + [_with_interval(entry, m) for m in columns]
+        cells = [str(rank), entry_label(entry), f"`{entry['name']}`"] + [_with_interval(entry, m) for m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     for model, where, figures in references:
         if any(m in figures for m in columns):
             cells = ["-", f"*{model}*", f"*{where}*"] + [f"*{figures[m]:.2f}*" if m in figures else "-" for m in columns]
             lines.append("| " + " | ".join(cells) + " |")
+    detectable = detectable_differences(entries, columns)
+    if len(entries) > 1:
+        lines += ["", "Detectable difference (80% power, 5% level, paired; median over this table's pairs), points: "
+                  + ", ".join(f"{name} {100 * detectable[m]:.2f}" for m, name in columns.items()) + "."]
     return lines
 
 
@@ -170,7 +191,7 @@ def _latency_table(entries: list[dict], references) -> list[str]:
     timed = sorted((e for e in entries if e["latency"]), key=lambda e: (e["latency"]["median_ms"], e["name"]))
     for entry in timed:
         latency, protocol = entry["latency"], entry["latency"]["protocol"]
-        lines.append(f"| {model_name(entry['method'])} | `{entry['name']}` | {latency['median_ms']:.1f} | {latency['p90_ms']:.1f} "
+        lines.append(f"| {entry_label(entry)} | `{entry['name']}` | {latency['median_ms']:.1f} | {latency['p90_ms']:.1f} "
                      f"| {protocol.get('device', '?')} | {protocol.get('threads', '?')} | {latency.get('hardware', entry['hardware'])} |")
     for model, _, figures in references:
         if "latency_ms" in figures:
@@ -207,8 +228,11 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
              "Generated by `impeller-bench leaderboard build` from `submissions/`; do not edit by hand",
              "(`impeller-bench leaderboard build --check` fails when this file is out of date).",
              "Every number of every entry is recomputed from its committed predictions by",
-             "`impeller-bench leaderboard validate`. Percent; 95% bootstrap intervals in brackets; equal",
-             "values share a rank. Rows in *italics* are published figures: on the impeller splits with good test",
+             "`impeller-bench leaderboard validate`. Percent; 95% bootstrap intervals in brackets. A rank is",
+             "1 + the number of entries that beat this one: whose paired 95% interval of the difference (the same",
+             "resampled photo groups for both) lies above zero; entries that nothing beats share rank 1. Under",
+             "each table: the smallest difference the split detects with 80% power. Rows in *italics* are",
+             "published figures: on the impeller splits with good test",
              "images the paper's (Lim, Suh and Hur 2025, Tables 1-2, their split with their masks and a GPU), on",
              "`mtd` DifferNet's (Rudolph et al. 2021, their image-by-image split), none on the localization track:",
              "shown for reference, not comparable number for number, and not ranked.", ""]
@@ -233,7 +257,7 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
     for entry in sorted(entries, key=lambda e: e["name"]):
         backbone = entry["backbone"]["name"] or "-"
         notes = entry.get("notes", "").replace("|", "/").replace("\n", " ")
-        lines.append(f"| `{entry['name']}` | {model_name(entry['method'])} | {entry['dataset']['split']} | {backbone} "
+        lines.append(f"| `{entry['name']}` | {entry_label(entry)} | {entry['dataset']['split']} | {backbone} "
                      f"| {entry['hardware']} | `{entry['command']}` | {notes} |")
     lines += ["", "Submit an entry: see the project README, section *Leaderboard*.", ""]
     return "\n".join(lines)
@@ -276,7 +300,7 @@ def plotted_split(entries: list[dict]) -> str | None:
 
 def latency_payload(entries: list[dict]) -> list:
     split = plotted_split(entries)
-    return [[e["name"], e["method"], e["latency"]["median_ms"], e["metrics"]["pixel_pro_30"], e["ci95"]["pixel_pro_30"]]
+    return [[e["name"], entry_label(e), e["latency"]["median_ms"], e["metrics"]["pixel_pro_30"], e["ci95"]["pixel_pro_30"]]
             for e in sorted(current_entries(entries), key=lambda e: e["name"])
             if e["latency"] and e["dataset"]["split"] == split]
 
@@ -321,13 +345,13 @@ def draw_latency_plot(entries: list[dict], path: Path) -> None:
     payload = latency_payload(entries)
     figure, axes = plt.subplots(figsize=(7, 4.5))
     log_latency = np.log([row[2] for row in payload])
-    for k, (name, method, median_ms, pro, (low, high)) in enumerate(payload):
+    for k, (name, label, median_ms, pro, (low, high)) in enumerate(payload):
         axes.errorbar([median_ms], [100 * pro], yerr=[[100 * (pro - low)], [100 * (high - pro)]], fmt="o", capsize=3)
         # Of two points close in latency, the higher one is labelled above and the lower one below.
         others = [j for j in range(len(payload)) if j != k]
         nearest = min(others, key=lambda j: abs(log_latency[j] - log_latency[k])) if others else k
         above = pro >= payload[nearest][3]
-        axes.annotate(f"{model_name(method)} ({name})", (median_ms, 100 * pro), textcoords="offset points",
+        axes.annotate(f"{label} ({name})", (median_ms, 100 * pro), textcoords="offset points",
                       xytext=(6, 5 if above else -11), fontsize=7)
     values = [row[2] for row in payload]
     if values and max(values) / min(values) > 20:
@@ -376,7 +400,7 @@ def draw_overlays(entries: list[dict], annotations: Path, datasets: dict, path: 
             grid[r, c].imshow(np.clip((heat - low) / max(high - low, 1e-12), 0, 1), cmap="inferno", alpha=0.55)
             grid[r, c].contour(mask, levels=[0.5], colors="lime", linewidths=0.7)
             if r == 0:
-                grid[r, c].set_title(f"{model_name(entry['method'])}\n{entry['name']}", fontsize=6)
+                grid[r, c].set_title(f"{entry_label(entry)}\n{entry['name']}", fontsize=6)
     figure.suptitle("Anomaly maps, each scaled to its own range;\ntrue defects outlined in green", fontsize=8)
     figure.tight_layout()
     _save_png(figure, path, _fingerprint("overlays", payload))

@@ -87,6 +87,25 @@ def fit_on(dataset, method: str, config: dict, device: str | None, progress=None
     return detector, train, time.perf_counter() - started
 
 
+def write_run(out, detector, dataset, profile: str, fit_seconds: float, score_seconds: float, scores, maps,
+              synthetic: bool = False, overwrite: bool = False) -> Path:
+    """The predictions folder of a fitted detector's scores and maps on ``dataset``'s test set, with the
+    ``meta.json`` every run carries (the detector's description, the dataset's manifest hash, the times)."""
+    ids = [s.id for s in dataset.test]
+    meta = detector.describe() | {
+        "profile": profile,
+        "dataset": str(Path(dataset.root).resolve()),
+        "dataset_name": dataset.name,
+        "synthetic_default": synthetic,
+        "manifest_sha256": dataset.manifest_sha256,
+        "device": str(detector.device),
+        "fit_seconds": round(fit_seconds, 2),
+        "score_seconds_per_image": round(score_seconds / len(ids), 4),
+    }
+    return write_predictions(out, dict(zip(ids, np.asarray(scores).tolist())), dict(zip(ids, maps)), meta,
+                             overwrite=overwrite)
+
+
 def run_method(method: str, dataset_dir=None, out=None, profile: str = "quick", steps: int | None = None,
                seed: int = 0, device: str | None = None, overwrite: bool = False, progress=None, say=None,
                model: str | Path | None = None, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
@@ -118,17 +137,7 @@ def run_method(method: str, dataset_dir=None, out=None, profile: str = "quick", 
         score_seconds = time.perf_counter() - started
 
         ids = [s.id for s in dataset.test]
-        meta = detector.describe() | {
-            "profile": profile,
-            "dataset": str(dataset_dir.resolve()),
-            "dataset_name": dataset.name,
-            "synthetic_default": synthetic,
-            "manifest_sha256": dataset.manifest_sha256,
-            "device": str(detector.device),
-            "fit_seconds": round(fit_seconds, 2),
-            "score_seconds_per_image": round(score_seconds / len(ids), 4),
-        }
-        write_predictions(stage, dict(zip(ids, scores.tolist())), dict(zip(ids, maps)), meta)
+        write_run(stage, detector, dataset, profile, fit_seconds, score_seconds, scores, maps, synthetic)
         result = evaluate(dataset, load_predictions(stage))
         if model is not None:
             result["model"] = keep_model(model, detector, dataset, train, profile, seed, false_alarm_rate,

@@ -6,16 +6,20 @@ A submission folder ``leaderboard/submissions/<name>/``::
     predictions/scores.csv      the evaluator's predictions format (see predictions.py)
     predictions/meta.json
     predictions/maps/<id>.npy   float16 maps at a reduced resolution (the evaluator upsamples them)
+    bootstrap.npy               the claimed metrics over the bootstrap's resamples (float64, one row per
+                                resample, one column per defined metric in ``METRICS`` order): the same
+                                resamples for every entry of a split, so the board compares entries paired
     README.md                   optional notes
 
 Validation trusts nothing in the folder: only plain files with safe names in
 that layout, within the size limits; the claimed split must be a published
 one (``annotations/<split>.json``, by sha256); every metric and every 95%
-interval is recomputed with the reference evaluator and must equal the claim
-to within ``TOLERANCE``.
+interval, and every bootstrap replicate, is recomputed with the reference
+evaluator and must equal the claim to within ``TOLERANCE``.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -38,6 +42,7 @@ SCHEMA_VERSION = 1
 SUBMISSION_FILE = "submission.json"
 PREDICTIONS_DIR = "predictions"
 NOTES_FILE = "README.md"
+BOOTSTRAP_FILE = "bootstrap.npy"
 TOLERANCE = 1e-6
 MAX_FILE_BYTES = 256 * 1024
 MAX_SUBMISSION_BYTES = 4 * 1024 * 1024
@@ -71,7 +76,8 @@ class Check:
 # --- files ------------------------------------------------------------------------------------
 
 def _expected_place(parts: tuple[str, ...]) -> bool:
-    if parts in ((SUBMISSION_FILE,), (NOTES_FILE,), (PREDICTIONS_DIR, SCORES_NAME), (PREDICTIONS_DIR, META_NAME)):
+    if parts in ((SUBMISSION_FILE,), (NOTES_FILE,), (BOOTSTRAP_FILE,), (PREDICTIONS_DIR, SCORES_NAME),
+                 (PREDICTIONS_DIR, META_NAME)):
         return True
     return len(parts) >= 3 and parts[:2] == (PREDICTIONS_DIR, MAPS_NAME) and parts[-1].endswith(".npy")
 
@@ -115,7 +121,7 @@ def scan_files(folder: Path) -> tuple[list[str], list[str]]:
                 problems.append(f"{shown}: archives are not accepted (commit the files themselves)")
                 continue
             if not _expected_place(parts):
-                problems.append(f"{shown}: unexpected file (allowed: {SUBMISSION_FILE}, {NOTES_FILE}, "
+                problems.append(f"{shown}: unexpected file (allowed: {SUBMISSION_FILE}, {NOTES_FILE}, {BOOTSTRAP_FILE}, "
                                 f"{PREDICTIONS_DIR}/{SCORES_NAME}, {PREDICTIONS_DIR}/{META_NAME}, "
                                 f"{PREDICTIONS_DIR}/{MAPS_NAME}/<image id>.npy)")
                 continue
@@ -126,8 +132,9 @@ def scan_files(folder: Path) -> tuple[list[str], list[str]]:
     if total > MAX_SUBMISSION_BYTES:
         problems.append(f"{total:,} bytes in all, over the limit of {MAX_SUBMISSION_BYTES:,} per submission "
                         f"(write smaller maps: leaderboard submit --map-size)")
-    if SUBMISSION_FILE not in files and not any(p.startswith(SUBMISSION_FILE) for p in problems):
-        problems.append(f"no {SUBMISSION_FILE}")
+    for required in (SUBMISSION_FILE, BOOTSTRAP_FILE):
+        if required not in files and not any(p.startswith(required) for p in problems):
+            problems.append(f"no {required}")
     return sorted(files), problems
 
 
@@ -250,6 +257,55 @@ def load_published_dataset(data_root: Path, annotations: Path, split: str):
     return dataset
 
 
+# --- bootstrap replicates ---------------------------------------------------------------------
+
+def defined_metrics(claimed: dict) -> list[str]:
+    """The metrics a claim defines (not null), in ``METRICS`` order: the replicates' columns."""
+    return [m for m in METRICS if claimed["metrics"][m] is not None]
+
+
+def replicates_bytes(replicates: dict[str, np.ndarray], metrics: list[str]) -> bytes:
+    """The ``bootstrap.npy`` file of ``replicates`` (metric -> values over the resamples)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.stack([np.asarray(replicates[m], np.float64) for m in metrics], axis=1), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_replicates(folder: str | Path, claimed: dict) -> dict[str, np.ndarray]:
+    """A submission's bootstrap replicates by metric, checked to be a finite float64 table with one column per
+    defined metric and at most ``bootstrap.samples`` rows (a resample with one class only is skipped)."""
+    path = Path(folder) / BOOTSTRAP_FILE
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ImpellerBenchError(f"cannot read the bootstrap replicates ({exc})", path) from None
+    metrics = defined_metrics(claimed)
+    if not isinstance(table, np.ndarray):
+        raise ImpellerBenchError(f"not a plain array but {type(table).__name__}", path)
+    if (table.dtype != np.float64 or table.ndim != 2 or table.shape[1] != len(metrics)
+            or not 2 <= table.shape[0] <= claimed["bootstrap"]["samples"]):
+        raise ImpellerBenchError(f"expected a float64 table of at most {claimed['bootstrap']['samples']} resamples x "
+                                 f"{len(metrics)} metrics ({', '.join(metrics)}), found {table.dtype} {table.shape}", path)
+    if not np.isfinite(table).all():
+        raise ImpellerBenchError("bootstrap replicates hold NaN or infinite values", path)
+    return {m: table[:, k] for k, m in enumerate(metrics)}
+
+
+def replicate_problems(stored: dict[str, np.ndarray], recomputed: dict[str, np.ndarray],
+                       tolerance: float = TOLERANCE) -> list[str]:
+    """One line per metric whose stored replicates differ from the recomputed ones."""
+    problems = []
+    for name, values in stored.items():
+        again = recomputed.get(name)
+        if again is None or again.shape != values.shape:
+            problems.append(f"{BOOTSTRAP_FILE}: {name}: {len(values)} replicates stored, "
+                            f"{0 if again is None else len(again)} recomputed")
+        elif np.abs(again - values).max() > tolerance:
+            problems.append(f"{BOOTSTRAP_FILE}: {name}: replicates differ from the recomputed ones by up to "
+                            f"{np.abs(again - values).max():.1e} (tolerance {tolerance:.0e})")
+    return problems
+
+
 # --- validation -------------------------------------------------------------------------------
 
 def compare_claims(claimed: dict, recomputed: dict, tolerance: float = TOLERANCE, intervals: bool = True) -> list[str]:
@@ -316,15 +372,23 @@ def validate_submission(folder: str | Path, data_root: str | Path, annotations: 
                               f"the published split's is {published[:12]}...")
         return check
     try:
+        stored = load_replicates(folder, claimed)
+    except ImpellerBenchError as exc:  # reported beside what the recomputation finds (a forged claim, say)
+        stored = None
+        check.problems.append(str(exc))
+    try:
         predictions = load_predictions(folder / PREDICTIONS_DIR)
         dataset = load_published_dataset(data_root, annotations, split)
         samples = claimed["bootstrap"]["samples"] if intervals else 0
-        recomputed = evaluate(dataset, predictions, samples, claimed["bootstrap"]["seed"], progress)
+        recomputed = evaluate(dataset, predictions, samples, claimed["bootstrap"]["seed"], progress,
+                              replicates=intervals)
     except ImpellerBenchError as exc:
         check.problems.append(str(exc))
         return check
     check.recomputed = recomputed
     check.problems += compare_claims(claimed, recomputed, intervals=intervals)
+    if intervals and stored is not None:
+        check.problems += replicate_problems(stored, recomputed["replicates"])
     return check
 
 
@@ -385,7 +449,8 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
     meta["map_size"] = map_size
     with staged_directory(out, overwrite=overwrite) as stage:
         predictions_dir = write_predictions(stage / PREDICTIONS_DIR, scores, maps, meta, dtype=np.float16)
-        result = evaluate(dataset, load_predictions(predictions_dir), bootstrap_samples, seed, progress)
+        result = evaluate(dataset, load_predictions(predictions_dir), bootstrap_samples, seed, progress,
+                          replicates=True)
         backbone = {"name": run.meta.get("backbone"), "weights": _portable(run.meta.get("backbone_weights"))}
         if backbone["name"] is None and run.meta.get("teacher"):  # the EfficientAD family: its teacher, named
             backbone = {"name": f"teacher: {run.meta['teacher']}", "weights": _portable(run.meta.get("teacher_weights"))}
@@ -405,6 +470,7 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
         if problems:
             raise ImpellerBenchError("; ".join(problems), run.root)
         atomic_write_bytes(stage / SUBMISSION_FILE, (json.dumps(submission, indent=1) + "\n").encode())
+        atomic_write_bytes(stage / BOOTSTRAP_FILE, replicates_bytes(result["replicates"], defined_metrics(submission)))
         _, problems = scan_files(stage)
         if problems:
             raise ImpellerBenchError("the packaged submission breaks the rules: " + "; ".join(problems), run.root)

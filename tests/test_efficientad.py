@@ -173,7 +173,7 @@ def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(m
     assert [(r["method"], r["options"], r["interleaved_with"], r["anomaly_map"]) for r in results] == [
         ("ours", {"anomaly_map": "local"}, 2, "local"), ("efficientad", {"anomaly_map": "local"}, 2, "local")]
     # The map a profile sets is on record too, given or not.
-    assert latency.measure_latencies(["ours"], "cpu", runs=1, warmup=0, profile="quick")[0]["anomaly_map"] == "local"
+    assert latency.measure_latencies(["ours"], "cpu", runs=1, warmup=0, profile="quick")[0]["anomaly_map"] == "combined"
     built.clear()
     with pytest.raises(ImpellerBenchError, match="patchcore has no option"):
         latency.measure_latencies(["ours", "patchcore"], "cpu", runs=1, warmup=0, image_size=64,
@@ -333,6 +333,25 @@ def test_image_score_is_the_mean_of_the_highest_cells(cover_border):
     for share in (-0.1, 1.5):
         with pytest.raises(ImpellerBenchError, match="image_score_share"):
             detectors.create("ours", image_score_share=share)
+
+
+@pytest.mark.parametrize("method", ["ours", "efficientad"])
+def test_every_profile_scores_with_the_published_combined_map(method):
+    """The method's definition is the default: the autoencoder's global map is in the score, whatever the
+    profile (the local map alone is an ablation, asked for by name)."""
+    cls = detectors.detector_class(method)
+    assert set(cls.profiles) == {"quick", "paper"}
+    for profile, overrides in cls.profiles.items():
+        assert cls.config_class(**overrides).anomaly_map == "combined", profile
+    quick = cls.profiles["quick"] | {"steps": 4, "stop_check_every": 0, "cached_views": 1, "cached_views_at_most": 0,
+                                     "precision": "float32", "seed": 0}
+    detector = detectors.create(method, device="cpu", **quick).fit(synthetic_images("train", "good", 4))
+    images = synthetic_images("test", "defect", 2)
+    before = detector.score_images(images)[1]
+    with torch.no_grad():
+        for parameter in detector.autoencoder.parameters():
+            parameter.add_(0.05)
+    assert not np.allclose(before, detector.score_images(images)[1])  # the autoencoder changes the maps
 
 
 def test_local_anomaly_map_ignores_the_autoencoder_and_combined_does_not(trained):

@@ -82,6 +82,9 @@ def test_compare_identical_predictions_is_zero_and_better_maps_win(dataset, tmp_
     b = load_predictions(noisy_predictions(dataset, tmp_path / "b", seed=1, noise=0.3))
     better = compare(dataset, a, b, bootstrap_samples=30)
     assert better["difference"]["pixel_auroc"] > 0 and better["ci95"]["pixel_auroc"][0] > 0
+    # The board's test (its ranks) on the same resamples, and the difference this split detects for the pair.
+    assert better["verdict"]["pixel_auroc"] == "B better" and same["verdict"]["pixel_auroc"] == "no clear difference"
+    assert better["detectable_difference"]["pixel_auroc"] > 0 == same["detectable_difference"]["pixel_auroc"]
 
 
 def refusal(dataset_dir, pred_dir):

@@ -198,9 +198,35 @@ def test_shrink_map_is_an_area_average():
     assert submission.shrink_map(array[:10, :10], 16).shape == (10, 10)  # never enlarged
 
 
-def test_ranks_share_ties():
-    entries = [{"metrics": {"image_auroc": v}} for v in (0.9, 0.8, 0.9, 0.7)]
+def test_ranks_share_ties_unless_a_paired_interval_separates_them():
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.05, 1000)  # the resamples' common part: paired entries move together
+    replicates = [v + shared + rng.normal(0, 0.005, 1000) for v in (0.90, 0.80, 0.895, 0.70)]
+    entries = [{"name": f"e{k}", "metrics": {"image_auroc": float(r.mean())}, "_replicates": {"image_auroc": r}}
+               for k, r in enumerate(replicates)]
     assert leaderboard.ranks(entries, "image_auroc") == [1, 3, 1, 4]
+    assert [e["name"] for _, e in leaderboard.ranked(entries, "image_auroc")] == ["e0", "e2", "e1", "e3"]
+    # Unpaired (independent resamples), the same spread hides every difference but the largest.
+    loose = [v + rng.normal(0, 0.05, 1000) for v in (0.90, 0.80, 0.895, 0.70)]
+    for entry, r in zip(entries, loose):
+        entry["_replicates"] = {"image_auroc": r}
+    assert leaderboard.ranks(entries, "image_auroc") == [1, 1, 1, 3]
+
+
+def test_stored_replicates_are_checked_against_the_recomputed_ones(entry):
+    folder, validate = entry
+    path = folder / submission.BOOTSTRAP_FILE
+    table = np.load(path)
+    table[3, 0] += 1e-3
+    np.save(path, table)
+    only_problem(validate(), "bootstrap.npy: image_auroc: replicates differ")
+    np.save(path, table[:, :2])
+    only_problem(validate(), "bootstrap.npy", "expected a float64 table")
+    with open(path, "wb") as handle:  # an archive under the array's name
+        np.savez(handle, table)
+    only_problem(validate(), "bootstrap.npy", "not a plain array")
+    path.unlink()
+    only_problem(validate(), "no bootstrap.npy")
 
 
 def test_build_and_check(entry, synthetic_registry, tmp_path):
@@ -289,7 +315,7 @@ def test_committed_entries_cover_every_method_and_fit_the_limits():
         files, problems = submission.scan_files(entry["_folder"])
         split = json.loads((ANNOTATIONS / f"{entry['dataset']['split']}.json").read_text())
         tests = sum(e["split"] == "test" for e in split["entries"])
-        assert not problems and len(files) == tests + 3, (entry["name"], problems)  # maps, scores, meta, claims
+        assert not problems and len(files) == tests + 4, (entry["name"], problems)  # maps, scores, meta, claims, replicates
         assert entry["command"].startswith("impeller-bench run ")
 
 
