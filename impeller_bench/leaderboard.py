@@ -181,7 +181,7 @@ def _table(entries: list[dict], columns: dict[str, str], ranked_by: str, referen
             lines.append("| " + " | ".join(cells) + " |")
     detectable = detectable_differences(entries, columns)
     if len(entries) > 1:
-        lines += ["", "Detectable difference (80% power, 5% level, paired; median over this table's pairs), points: "
+        lines += ["", "Detectable difference (80% power, 5% level, paired; this table's median pair), points: "
                   + ", ".join(f"{name} {100 * detectable[m]:.2f}" for m, name in columns.items()) + "."]
     return lines
 
@@ -230,8 +230,9 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
              "Every number of every entry is recomputed from its committed predictions by",
              "`impeller-bench leaderboard validate`. Percent; 95% bootstrap intervals in brackets. A rank is",
              "1 + the number of entries that beat this one: whose paired 95% interval of the difference (the same",
-             "resampled photo groups for both) lies above zero; entries that nothing beats share rank 1. Under",
-             "each table: the smallest difference the split detects with 80% power. Rows in *italics* are",
+             "resamples of the split's photo groups, or test images, for both) lies above zero; entries that",
+             "nothing beats share rank 1, and ranks need not follow the point values. Under each table: the",
+             "difference the split detects with 80% power for its median pair of entries. Rows in *italics* are",
              "published figures: on the impeller splits with good test",
              "images the paper's (Lim, Suh and Hur 2025, Tables 1-2, their split with their masks and a GPU), on",
              "`mtd` DifferNet's (Rudolph et al. 2021, their image-by-image split), none on the localization track:",

@@ -455,12 +455,13 @@ def test_auto_precision_is_measured_inside_a_no_grad_pass_too(monkeypatch):
 
 
 def test_the_quick_profile_detects_where_a_random_teacher_does_not(tmp_path):
-    """The issue-13 bar, on synthetic impellers at 128 x 128, float32 (the same arithmetic on every CPU).
+    """On synthetic impellers at 128 x 128, 200 steps, float32 (the same arithmetic on every CPU); each fit
+    scored with the default (published combined) map and with the local map alone.
 
-    Measured on an AMD EPYC (2 cores, 90 s per model), with the quick profile's student-teacher map: the default
-    EfficientNet-Lite2 feature teacher image AUROC 0.917, pixel AUROC 0.973 (Lite0: 0.903 and 0.945); the random
-    teacher 0.569 and 0.684 (the student copies it, defects included). (With the published combined map and the
-    Lite0 teacher: 0.757 / 0.925 and 0.417 / 0.665.)"""
+    Measured on an AMD EPYC (2 cores, 90 s per model), default EfficientNet-Lite2 feature teacher: image AUROC
+    0.792 with the combined map (this short fit; the built-in default's full quick profile reaches 0.95 / 0.98,
+    README), 0.917 / pixel AUROC 0.973 with the local map (the issue-13 bar, 0.80 / 0.90); the random teacher
+    0.569 and 0.684 with the local map (the student copies it, defects included)."""
     from impeller_bench.evaluate import EvaluationInputs, point_metrics
     from impeller_bench.metrics import PixelSet
 
@@ -473,11 +474,19 @@ def test_the_quick_profile_detects_where_a_random_teacher_does_not(tmp_path):
         config = detectors.detector_class("ours").profiles["quick"] | {"steps": 200, "precision": "float32",
                                                                         "teacher": teacher, "seed": 0}
         detector = detectors.create("ours", device="cpu", **config).fit(train)
-        scores, maps = detector.score_images([image for image, *_ in test])
-        pixels = PixelSet.from_maps([mask for _, mask, *_ in test], list(maps))
-        results[teacher] = point_metrics(EvaluationInputs([str(k) for k in range(len(test))], labels, scores, pixels))
-    assert results[default]["image_auroc"] >= 0.80 and results[default]["pixel_auroc"] >= 0.90
-    assert results["random"]["image_auroc"] < 0.65 and results["random"]["pixel_auroc"] < 0.80  # far below the bar
+        assert detector.config.anomaly_map == "combined"
+        for anomaly_map in ("combined", "local"):
+            detector.config.anomaly_map = anomaly_map
+            scores, maps = detector.score_images([image for image, *_ in test])
+            pixels = PixelSet.from_maps([mask for _, mask, *_ in test], list(maps))
+            results[teacher, anomaly_map] = point_metrics(
+                EvaluationInputs([str(k) for k in range(len(test))], labels, scores, pixels))
+    combined, local = results[default, "combined"], results[default, "local"]
+    assert combined["image_auroc"] >= 0.75 and combined["pixel_auroc"] >= 0.90, combined
+    assert local["image_auroc"] >= 0.80 and local["pixel_auroc"] >= 0.90, local
+    for anomaly_map in ("combined", "local"):  # far below either bar
+        random = results["random", anomaly_map]
+        assert random["image_auroc"] < 0.65 and random["pixel_auroc"] < 0.80, (anomaly_map, random)
 
 
 def test_feature_teacher_projects_wide_features_to_384_principal_channels():
