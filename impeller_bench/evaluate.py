@@ -22,7 +22,7 @@ from .data import Dataset
 from .errors import ImpellerBenchError
 from .predictions import Predictions, check_against
 from .progress import no_progress
-from .significance import detectable_difference, difference_interval, verdict
+from .significance import detectable_difference, difference_interval, percentile_interval, verdict
 from .validate import require_valid
 
 FPR_LIMIT = 0.3
@@ -197,7 +197,8 @@ def bootstrap_unit(inputs: EvaluationInputs) -> str:
 
 
 def interval(values: np.ndarray) -> list[float]:
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    """The 95% percentile interval of bootstrap replicates, as a JSON list."""
+    return list(percentile_interval(values))
 
 
 def evaluate(dataset: Dataset, predictions: Predictions, bootstrap_samples: int = 0, seed: int = 0, progress=None,

@@ -179,8 +179,8 @@ def _table(entries: list[dict], columns: dict[str, str], ranked_by: str, referen
         if any(m in figures for m in columns):
             cells = ["-", f"*{model}*", f"*{where}*"] + [f"*{figures[m]:.2f}*" if m in figures else "-" for m in columns]
             lines.append("| " + " | ".join(cells) + " |")
-    detectable = detectable_differences(entries, columns)
     if len(entries) > 1:
+        detectable = detectable_differences(entries, columns)
         lines += ["", "Detectable difference (80% power, 5% level, paired; this table's median pair), points: "
                   + ", ".join(f"{name} {100 * detectable[m]:.2f}" for m, name in columns.items()) + "."]
     return lines

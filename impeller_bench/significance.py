@@ -23,11 +23,16 @@ LEVEL = 0.05
 POWER = 0.80
 
 
+def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The (1 - level) percentile interval of bootstrap replicates."""
+    low, high = np.percentile(values, [100 * level / 2, 100 * (1 - level / 2)])
+    return float(low), float(high)
+
+
 def difference_interval(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """The (1 - level) percentile interval of B - A over paired bootstrap replicates ``a`` and ``b``."""
     a, b = _paired(a, b)
-    low, high = np.percentile(b - a, [100 * level / 2, 100 * (1 - level / 2)])
-    return float(low), float(high)
+    return percentile_interval(b - a, level)
 
 
 def beats(b: np.ndarray, a: np.ndarray, level: float = LEVEL) -> bool:
@@ -73,9 +78,7 @@ def seeds_and_groups_interval(a: np.ndarray, b: np.ndarray, seed: int = 0,
         raise ValueError(f"expected two seeds x replicates tables of one shape, got {a.shape} and {b.shape}")
     seeds, replicates = a.shape
     picks = np.random.default_rng(seed).integers(0, seeds, (seeds, replicates))
-    difference = np.take_along_axis(b - a, picks, axis=0).mean(axis=0)
-    low, high = np.percentile(difference, [100 * level / 2, 100 * (1 - level / 2)])
-    return float(low), float(high)
+    return percentile_interval(np.take_along_axis(b - a, picks, axis=0).mean(axis=0), level)
 
 
 def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
