@@ -266,6 +266,12 @@ _anomaly_map_option = click.option(
     help="ours/efficientad's anomaly map: combined (published, every profile's default: the student-teacher and "
          "autoencoder maps averaged) or local (the student-teacher map alone: an ablation).")
 
+_scoring_precision_option = click.option(
+    "--scoring-precision", type=click.Choice(["float32", "bfloat16"]),
+    help="ours/efficientad's scoring arithmetic: float32 (the default: scores that do not depend on the CPU) or "
+         "bfloat16 (the networks under bfloat16 autocast: for a line whose CPU has bfloat16 units; about half the "
+         "latency on a 2-core AMD EPYC with avx512_bf16).")
+
 _TRAINING_OPTIONS = (
     click.option("--profile", default="quick", show_default=True, type=click.Choice(["quick", "paper"]),
                  help="quick: the CPU default; paper: the published recipe (70,000 steps, batch 1, 256x256), for GPUs."),
@@ -284,6 +290,7 @@ _TRAINING_OPTIONS = (
                  help="ours/efficientad's 4-cell map frame, for ablations: minimum (ranks as normal) or zero "
                       "(published). Implies no border cover (the quick profile's maps cover the border: no frame)."),
     _anomaly_map_option,
+    _scoring_precision_option,
     click.option("--decoder", type=click.Choice(["bilinear", "transposed"]),
                  help="Autoencoder decoder, for ablations (default: the method's own)."),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Decoder dropout, for ablations."),
@@ -313,11 +320,11 @@ def _with(options):
     return apply
 
 
-def _detector_options(teacher, precision, map_padding, anomaly_map, decoder, dropout, backbone, backbone_weights,
-                      layers) -> dict:
+def _detector_options(teacher, precision, map_padding, anomaly_map, scoring_precision, decoder, dropout, backbone,
+                      backbone_weights, layers) -> dict:
     """The training options given on the command line, as detector configuration overrides."""
     options = {"teacher": teacher, "precision": precision, "map_padding": map_padding, "anomaly_map": anomaly_map,
-               "decoder": decoder,
+               "scoring_precision": scoring_precision, "decoder": decoder,
                "cover_border": False if map_padding else None, "dropout": dropout,
                "backbone": backbone, "backbone_weights": str(backbone_weights) if backbone_weights else None,
                "layers": [name.strip() for name in layers.split(",")] if layers else None}
@@ -447,20 +454,26 @@ def predict_command(model, inputs, out, image_threshold, pixel_threshold, batch_
 @click.option("--onnx", is_flag=True, help="Also time the same path exported to ONNX, under ONNX Runtime on the CPU "
                                           "(ours, efficientad, padim, patchcore).")
 @_anomaly_map_option
-def latency_command(methods, device, runs, warmup, json_path, plot_path, profile, onnx, anomaly_map):
+@_scoring_precision_option
+@click.option("--teacher", help="ours/efficientad's teacher ('random': the published PDN-S architecture, untrained, "
+                                "which times the same as trained; default: the configuration's feature teacher).")
+def latency_command(methods, device, runs, warmup, json_path, plot_path, profile, onnx, anomaly_map,
+                    scoring_precision, teacher):
     """Latency per image at batch 1, 256x256, host to device and back (median and 90th percentile); several
     methods are timed interleaved, one call of each in turn."""
     from .detectors import option_names
     from .imageio import atomic_write_bytes
     from .latency import latency_plot, measure_latencies
 
-    if anomaly_map:
-        without = [m for m in methods if "anomaly_map" not in option_names(m)]
+    options = {k: v for k, v in (("anomaly_map", anomaly_map), ("scoring_precision", scoring_precision),
+                                 ("teacher", teacher)) if v}
+    for name in options:
+        without = [m for m in methods if name not in option_names(m)]
         if without:
-            raise ImpellerBenchError(f"--anomaly-map applies to ours and efficientad, not {', '.join(without)}")
+            raise ImpellerBenchError(f"--{name.replace('_', '-')} applies to ours and efficientad, not "
+                                     f"{', '.join(without)}")
     results = measure_latencies(methods, device, runs, warmup, profile=profile,
-                                runtimes=(False, True) if onnx else (False,),
-                                options={"anomaly_map": anomaly_map} if anomaly_map else None)
+                                runtimes=(False, True) if onnx else (False,), options=options or None)
     text = json.dumps(results, indent=1)
     click.echo(text)
     if json_path:

@@ -11,7 +11,8 @@ The graph is the detector's own scoring module (``scoring_module()``, the code
   own size).
 
 For images of size S the graph's outputs are the detector's ``score_images``
-outputs. At another size the detector makes its map at that size directly
+outputs (in float32: a detector configured to score in bfloat16 exports its
+float32 arithmetic). At another size the detector makes its map at that size directly
 (grid upsampled, then smoothed), while the graph's S x S map is resized
 afterwards: the two differ by that order of interpolation.
 
@@ -70,7 +71,10 @@ def require_exportable(method: str) -> None:
 def scoring_module(detector: detectors.Detector) -> torch.nn.Module:
     """The detector's scoring module, or one error: a method that does not export, or an unfitted detector."""
     require_exportable(detector.name)
-    return detector.scoring_module()
+    module = detector.scoring_module()
+    if getattr(module, "bfloat16", False):  # ONNX Runtime's CPU kernels are float32: the graph always is
+        module.bfloat16 = False
+    return module
 
 
 def export_metadata(detector: detectors.Detector, extra: dict[str, str] | None = None) -> dict[str, str]:

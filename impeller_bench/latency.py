@@ -3,8 +3,9 @@
 Each method is timed on a fresh detector with untrained weights and neutral
 normalisation (the cost of a forward pass does not depend on the weights),
 after warm-up runs; the median and 90th percentile are reported. Methods timed
-together are timed interleaved (one call of each in turn), so that a drifting
-machine load does not favour the first or the last. With ``runtimes=(True,)``
+together are timed interleaved (one call of each in turn, every round after
+the first in a fresh random order), so that a drifting machine load does not
+favour the first or the last, and no method always follows the same one. With ``runtimes=(True,)``
 the same path (image resized to the model's input size, scored, map back at
 the image's size) runs through ONNX Runtime on the CPU instead of torch, from
 the detector exported to a temporary file.
@@ -46,32 +47,53 @@ def measure_latencies(methods: Sequence[str], device: str | None = None, runs: i
     twice = sorted(m for m, count in Counter(methods).items() if count > 1)
     if twice:
         raise ImpellerBenchError(f"method(s) named twice: {', '.join(twice)}")
-    for method in methods:  # every refusal before any model is built
+    with tempfile.TemporaryDirectory() as folder:
+        timed = timed_scorers(methods, Path(folder), device, image_size, seed, profile, runtimes, options)
+        return finish_rows(timed, time_interleaved([score for _, score in timed], test_image(image_size, seed),
+                                                   runs, warmup), runs, warmup)
+
+
+def test_image(image_size: int = 256, seed: int = 0) -> np.ndarray:
+    """The grey uint8 image every latency is timed on (content does not change a forward pass's cost)."""
+    return np.random.default_rng(seed).integers(0, 256, (image_size, image_size), dtype=np.uint8)
+
+
+def timed_scorers(methods: Sequence[str], folder: Path, device: str | None = None, image_size: int = 256,
+                  seed: int = 0, profile: str | None = None, runtimes: Sequence[bool] = (False,),
+                  options: dict | None = None) -> list[tuple[dict, Callable]]:
+    """(row describing the timing, ``score_images``) per method and runtime, on untrained, timing-prepared
+    detectors; exported graphs are written under ``folder``. Every refusal comes before any model is built."""
+    for method in methods:
         detectors.check_options(method, options or {})
         if True in runtimes:
             _require_onnx_timing(method, device)
-    image = np.random.default_rng(seed).integers(0, 256, (image_size, image_size), dtype=np.uint8)
-    results, scorers = [], []
-    with tempfile.TemporaryDirectory() as folder:
-        for method in methods:
-            config = ({"image_size": image_size} | (detectors.detector_class(method).profiles[profile] if profile else {})
-                      | (options or {}))
-            for on_onnx in runtimes:
-                detector = detectors.create(method, device="cpu" if on_onnx else device, seed=seed, **config)
-                detector.prepare_untrained()
-                memory = detector.memory_size()
-                scorers.append(_onnx_scoring(detector, Path(folder) / f"{len(scorers)}.onnx") if on_onnx
-                               else detector.score_images)
-                results.append({
-                    "method": method, "runtime": "onnxruntime" if on_onnx else "torch",
-                    "device": str(detector.device), "threads": torch.get_num_threads(), "image_size": image_size,
-                    "profile": profile, "model_image_size": detector.config.image_size, "options": options or {},
-                    "batch_size": 1, "runs": runs, "warmup": warmup, "interleaved_with": len(methods) * len(runtimes),
-                } | ({"anomaly_map": detector.config.anomaly_map} if hasattr(detector.config, "anomaly_map") else {})
-                  | ({"memory": memory, "memory_of_training_images": TRAINING_IMAGES_FOR_TIMING} if memory else {}))
-        for result, times in zip(results, _interleaved_timings(scorers, image, runs, warmup)):
-            result |= {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
-    return results
+    timed = []
+    for method in methods:
+        config = ({"image_size": image_size} | (detectors.detector_class(method).profiles[profile] if profile else {})
+                  | (options or {}))
+        for on_onnx in runtimes:
+            detector = detectors.create(method, device="cpu" if on_onnx else device, seed=seed, **config)
+            detector.prepare_untrained()
+            memory = detector.memory_size()
+            score = (_onnx_scoring(detector, folder / f"{method}-{len(list(folder.iterdir()))}.onnx") if on_onnx
+                     else detector.score_images)
+            row = {
+                "method": method, "runtime": "onnxruntime" if on_onnx else "torch",
+                "device": str(detector.device), "threads": torch.get_num_threads(), "image_size": image_size,
+                "profile": profile, "model_image_size": detector.config.image_size, "options": options or {},
+                "batch_size": 1,
+            } | ({"anomaly_map": detector.config.anomaly_map} if hasattr(detector.config, "anomaly_map") else {}) \
+              | ({"memory": memory, "memory_of_training_images": TRAINING_IMAGES_FOR_TIMING} if memory else {})
+            timed.append((row, score))
+    return timed
+
+
+def finish_rows(timed: Sequence[tuple[dict, Callable]], times: Sequence[Sequence[float]], runs: int,
+                warmup: int) -> list[dict]:
+    """Each row with its protocol and its median and 90th percentile of ``times`` (ms), in order."""
+    return [row | {"runs": runs, "warmup": warmup, "interleaved_with": len(timed),
+                   "median_ms": float(np.median(own)), "p90_ms": float(np.percentile(own, 90))}
+            for (row, _), own in zip(timed, times)]
 
 
 def measure_latency(method: str, device: str | None = None, runs: int = 50, warmup: int = 5,
@@ -98,17 +120,20 @@ def _onnx_scoring(detector: detectors.Detector, path: Path) -> Callable:
     return onnx_scorer(path, threads=torch.get_num_threads()).score_images
 
 
-def _interleaved_timings(scorers: Sequence[Callable], image: np.ndarray, runs: int, warmup: int) -> list[list[float]]:
+def time_interleaved(scorers: Sequence[Callable], image: np.ndarray, runs: int, warmup: int) -> list[list[float]]:
     """Milliseconds of each of ``runs`` calls of each scorer on ``[image]``, after ``warmup`` untimed rounds; one
-    round calls every scorer once, in turn."""
+    round calls every scorer once, in turn: the first round in the given order, every later one in a fresh
+    random order (seed 0), so that what a call leaves behind (threads still spinning, ONNX Runtime's or OpenMP's;
+    a cache full of its weights) weighs on every scorer alike rather than on the one that always follows it."""
     times = [[] for _ in scorers]
+    orders = np.random.default_rng(0)
     with torch.inference_mode():
         for k in range(warmup + runs):
-            for score_images, own in zip(scorers, times):
+            for which in (range(len(scorers)) if k == 0 else orders.permutation(len(scorers))):
                 start = time.perf_counter()
-                score_images([image])  # ends with the map back on the host
+                scorers[which]([image])  # ends with the map back on the host
                 if k >= warmup:
-                    own.append(1000 * (time.perf_counter() - start))
+                    times[which].append(1000 * (time.perf_counter() - start))
     return times
 
 

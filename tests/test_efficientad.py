@@ -1,4 +1,6 @@
 """EfficientAD and ours: size arithmetic, no checkerboard, training, determinism, persistence."""
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -151,13 +153,16 @@ def test_latency_command_reports_median_and_p90(tmp_path):
 
 
 def test_methods_timed_together_are_timed_in_turn():
-    from impeller_bench.latency import _interleaved_timings
+    from impeller_bench.latency import time_interleaved
 
     calls = []
-    scorers = [lambda images, name=name: calls.append(name) for name in "ab"]
-    times = _interleaved_timings(scorers, np.zeros((4, 4), np.uint8), runs=3, warmup=1)
-    assert calls == list("ab" * 4)  # warm-up round, then three timed rounds, each method once per round
-    assert [len(t) for t in times] == [3, 3]
+    scorers = [lambda images, name=name: calls.append(name) for name in "abc"]
+    times = time_interleaved(scorers, np.zeros((4, 4), np.uint8), runs=60, warmup=1)
+    rounds = ["".join(calls[k:k + 3]) for k in range(0, len(calls), 3)]
+    assert rounds[0] == "abc" and all(sorted(r) == list("abc") for r in rounds)  # each method once per round
+    follows = Counter(pair for r in rounds for pair in zip(r, r[1:]))
+    assert len(follows) == 6 and min(follows.values()) > 5  # every method follows every other, not always one
+    assert [len(t) for t in times] == [60, 60, 60]
 
 
 def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(monkeypatch):
@@ -329,7 +334,7 @@ def test_image_score_is_the_mean_of_the_highest_cells(cover_border):
             gap = expected - maps.max(axis=(1, 2))  # which bilinear resizing keeps at or under the highest cell's
             assert np.all(gap >= -1e-6) and np.any(gap > 1e-6)
             expected = maps.max(axis=(1, 2))
-        np.testing.assert_allclose(scores, expected, rtol=1e-5)
+        np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)  # (scoring runs channels-last)
     for share in (-0.1, 1.5):
         with pytest.raises(ImpellerBenchError, match="image_score_share"):
             detectors.create("ours", image_score_share=share)
@@ -358,10 +363,7 @@ def test_local_anomaly_map_ignores_the_autoencoder_and_combined_does_not(trained
     images = synthetic_images("test", "defect", 2)
     copies = {}
     for anomaly_map in ("local", "combined"):
-        copy = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu",
-                                precision="float32", anomaly_map=anomaly_map)
-        copy.load_state_dict(trained.state_dict())
-        copy.fitted = True
+        copy = _trained_copy(trained, anomaly_map=anomaly_map)
         before = copy.score_images(images)[1]
         with torch.no_grad():
             for parameter in copy.autoencoder.parameters():
@@ -372,6 +374,43 @@ def test_local_anomaly_map_ignores_the_autoencoder_and_combined_does_not(trained
     np.testing.assert_array_equal(copies["combined"][0], trained.score_images(images)[1])  # "combined" is the default
     with pytest.raises(ImpellerBenchError, match="anomaly map"):
         detectors.create("ours", anomaly_map="global")
+
+
+def _trained_copy(trained, **config):
+    copy = detectors.create("ours", image_size=128, steps=8, batch_size=2, seed=1, device="cpu", precision="float32",
+                            **config)
+    copy.load_state_dict(trained.state_dict())
+    copy.fitted = True
+    return copy
+
+
+def test_channels_last_scoring_keeps_the_arithmetic(trained):
+    from impeller_bench.detectors.features import ScoredByModule, score_through
+
+    images = synthetic_images("test", "defect", 2)
+    copy = _trained_copy(trained)
+    module = copy.scoring_module()
+    assert module.channels_last and module.student[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = ScoredByModule.scoring_module(_trained_copy(trained))  # the same module, contiguous layout
+    assert not plain.channels_last
+    for a, b in zip(copy.score_images(images), score_through(plain, images, 128, copy.device, 8)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_scoring_runs_the_networks_in_bfloat16_and_stays_close(trained, monkeypatch):
+    images = synthetic_images("test", "defect", 2)
+    float32 = _trained_copy(trained).score_images(images)
+    detector = _trained_copy(trained, scoring_precision="bfloat16")
+    dtypes = []
+    conv = torch.nn.Conv2d.forward
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", lambda self, x: dtypes.append(conv(self, x).dtype) or conv(self, x))
+    bfloat16 = detector.score_images(images)
+    assert set(dtypes) == {torch.bfloat16}
+    assert bfloat16[1].dtype == np.float32 and not np.array_equal(bfloat16[1], float32[1])
+    spread = float32[1].max() - float32[1].min()
+    assert np.abs(bfloat16[1] - float32[1]).max() < 0.05 * spread  # bfloat16 keeps 8 bits of mantissa
+    with pytest.raises(ImpellerBenchError, match="scoring precision"):
+        detectors.create("ours", scoring_precision="float16")
 
 
 @pytest.mark.parametrize("distances, stop_distance, plateau, stopped_at", [
