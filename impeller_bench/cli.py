@@ -697,18 +697,61 @@ _data_option = click.option("--data", "data_root", default="data", show_default=
 @_annotations_option
 @_data_option
 def leaderboard_validate_command(paths, board, annotations, data_root):
-    """Check submissions (default: all of the board): files, schema, split, and every number recomputed.
+    """Check submissions (default: all of the board): files, schema, split, provenance, every number
+    recomputed, and against the board's other entries (names alike, identical maps).
 
-    Exit code 0 only when every submission holds."""
-    from .submission import submission_folders, validate_submission
+    Every folder is visited, hidden ones too, each with its own verdict. Exit code 0 only when every
+    submission holds."""
+    from .submission import submission_folders
 
+    sys.exit(_validate_entries(submission_folders(paths, board), board, data_root, annotations))
+
+
+def _validate_entries(folders, board, data_root, annotations) -> int:
+    """Each folder's verdict printed as it comes, the board's other entries as the cross-entry checks' others;
+    the exit code (0: every folder holds)."""
+    from .review import cross_entry_problems
+    from .submission import validate_submission
+
+    entries = board / "submissions"
+    others = sorted(entries.iterdir()) if entries.is_dir() else []
+    across = cross_entry_problems(folders, others)
     checks = []
-    for folder in submission_folders(paths, board):
+    for folder in folders:
         checks.append(validate_submission(folder, data_root, annotations))
+        checks[-1].problems += across[folder]
         click.echo(checks[-1].text())
     failed = sum(not c.ok for c in checks)
     click.echo(f"{len(checks) - failed} of {len(checks)} submission(s) hold")
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
+
+
+@leaderboard_group.command("check-pr")
+@click.option("--changes", required=True, type=click.File("r"),
+              help="The pull request's changed files, as `git diff --name-status BASE...HEAD` prints them.")
+@click.option("--pr", "pr_root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The pull request's checkout (read as data, never run).")
+@_board_option
+@_annotations_option
+@_data_option
+def leaderboard_check_pr_command(changes, pr_root, board, annotations, data_root):
+    """Judge a pull request with this (the base branch's) code: its scope (one new entry under
+    leaderboard/submissions/, nothing else), then that entry, in full, against the base board's entries.
+
+    A request that changes no submission is maintenance: exit 0 here (the tests judge code). Run it from
+    the base branch's checkout, with its --board and --annotations."""
+    from .review import parse_name_status, pull_request_scope
+
+    existing = sorted(p.name for p in (board / "submissions").iterdir())
+    name, problems = pull_request_scope(parse_name_status(changes.read()), existing)
+    if name is None:
+        click.echo("no submission in this pull request: nothing for the leaderboard to judge")
+        sys.exit(0)
+    for problem in problems:
+        click.echo(f"FAIL  scope: {problem}")
+    if problems:
+        sys.exit(1)
+    sys.exit(_validate_entries([pr_root / "leaderboard" / "submissions" / name], board, data_root, annotations))
 
 
 @leaderboard_group.command("build")

@@ -182,6 +182,34 @@ def mask_pixels(image: Image.Image, path: str | Path) -> np.ndarray:
     return values == 255
 
 
+def read_npy(path: str | Path, max_bytes: int = 1 << 30) -> np.ndarray:
+    """One plain array from a ``.npy`` file, judged by its content, not its name: an ``.npz`` archive (a zip, a
+    zip bomb) or any other file is refused before anything is unpacked, as are object arrays (pickles) and a
+    header that claims more than ``max_bytes`` of data; one ImpellerBenchError naming the file either way."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+            except ValueError:
+                raise ImpellerBenchError("not a .npy array file (an .npz archive, a zip or something else: "
+                                         "one plain array saved with numpy.save is expected)", path) from None
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                      np.lib.format.read_array_header_2_0)
+            shape, _, dtype = header(f)
+            if dtype.hasobject:
+                raise ImpellerBenchError("an object array (pickled Python objects) is refused", path)
+            claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if claimed > max_bytes:
+                raise ImpellerBenchError(f"its header claims {claimed:,} bytes of data, more than {max_bytes:,}", path)
+            f.seek(0)
+            array = np.lib.format.read_array(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ImpellerBenchError(f"cannot read the array ({exc})", path) from None
+    if not isinstance(array, np.ndarray):  # (read_array returns nothing else; kept as the promise)
+        raise ImpellerBenchError(f"not a plain array but {type(array).__name__}", path)
+    return array
+
+
 def encode_png(array: np.ndarray) -> bytes:
     """Deterministic PNG bytes (no timestamps or metadata) for a uint8 or bool array."""
     if array.dtype == bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import io
 import json
 from pathlib import Path
@@ -39,6 +40,7 @@ from .errors import ImpellerBenchError
 from .evaluate import IMAGE_METRICS_UNDEFINED, resize_map
 from .imageio import atomic_write_bytes
 from .predictions import load_predictions
+from .review import maps_digest
 from .significance import tied_ranks, track_detectable_difference
 from .submission import METRICS, PREDICTIONS_DIR, load_published_dataset, load_replicates, read_submission
 
@@ -101,6 +103,27 @@ def image_level(annotations: str | Path, split: str, entries: list[dict]) -> boo
     return image_metrics_defined(tests)
 
 
+# Characters a Markdown table would act on (a cell's end, code, escapes, links), as entities: with HTML
+# escaped, submitted text is shown as written, never as markup.
+MARKDOWN_ENTITIES = str.maketrans({"|": "&#124;", "`": "&#96;", "\\": "&#92;", "[": "&#91;", "]": "&#93;",
+                                   "\n": " ", "\r": " "})
+
+
+def cell(text) -> str:
+    """Submitted text as the content of one Markdown table cell."""
+    return html.escape(str(text), quote=True).translate(MARKDOWN_ENTITIES)
+
+
+def code_cell(text) -> str:
+    return f"<code>{cell(text)}</code>"
+
+
+def plot_text(text: str) -> str:
+    """Submitted text as a plot label: its dollar signs literal (matplotlib takes $...$ as mathematics, and
+    fails the whole build on a formula it cannot parse)."""
+    return text.replace("$", r"\$")
+
+
 def model_name(method: str) -> str:
     return MODEL_NAMES.get(method, method)
 
@@ -119,7 +142,7 @@ def load_entries(board: str | Path) -> list[dict]:
     if not folder.is_dir():
         raise ImpellerBenchError("no submissions/ folder", board)
     entries = []
-    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+    for path in sorted(folder.iterdir()):  # hidden ones too: refused, not passed over
         data, problems = read_submission(path)
         if problems:
             raise ImpellerBenchError("; ".join(problems) + " (run: impeller-bench leaderboard validate)", path)
@@ -173,7 +196,7 @@ def _table(entries: list[dict], columns: dict[str, str], ranked_by: str, referen
     head = ["Rank", "Model", "Entry"] + list(columns.values())
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, entry in ranked(entries, ranked_by):
-        cells = [str(rank), entry_label(entry), f"`{entry['name']}`"] + [_with_interval(entry, m) for m in columns]
+        cells = [str(rank), cell(entry_label(entry)), code_cell(entry["name"])] + [_with_interval(entry, m) for m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     for model, where, figures in references:
         if any(m in figures for m in columns):
@@ -191,8 +214,9 @@ def _latency_table(entries: list[dict], references) -> list[str]:
     timed = sorted((e for e in entries if e["latency"]), key=lambda e: (e["latency"]["median_ms"], e["name"]))
     for entry in timed:
         latency, protocol = entry["latency"], entry["latency"]["protocol"]
-        lines.append(f"| {entry_label(entry)} | `{entry['name']}` | {latency['median_ms']:.1f} | {latency['p90_ms']:.1f} "
-                     f"| {protocol.get('device', '?')} | {protocol.get('threads', '?')} | {latency.get('hardware', entry['hardware'])} |")
+        lines.append(f"| {cell(entry_label(entry))} | {code_cell(entry['name'])} | {latency['median_ms']:.1f} "
+                     f"| {latency['p90_ms']:.1f} | {cell(protocol.get('device', '?'))} | {cell(protocol.get('threads', '?'))} "
+                     f"| {cell(latency.get('hardware', entry['hardware']))} |")
     for model, _, figures in references:
         if "latency_ms" in figures:
             lines.append(f"| *{model}* | *paper* | *{figures['latency_ms']:.2f}* | - | *cuda* | - | *{PAPER_HARDWARE}* |")
@@ -217,8 +241,9 @@ def _split_section(split: str, group: list[dict], level: str, audit: dict | None
         lines += [f"{IMAGE_METRICS_UNDEFINED.capitalize()} on this track; pixel false "
                   "positives are counted over the normal pixels of the defect images.", ""]
     lines += [f"{level}# Pixel level (ranked by PRO@30%)", ""] + _table(group, PIXEL_COLUMNS, PIXEL_RANKED_BY, references)
-    lines += ["", f"{level}# Latency (batch 1, 256x256, host to device and back)", ""] + _latency_table(group,
-                                                                                                     references)
+    lines += ["", f"{level}# Latency (batch 1, 256x256, host to device and back)", "",
+              "As each submitter measured it on their hardware: reported, not checked (validation cannot re-time "
+              "another machine).", ""] + _latency_table(group, references)
     return lines + [""]
 
 
@@ -256,10 +281,9 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
               "## Entries", "", "| Entry | Model | Split | Backbone | Hardware | Command | Notes |",
               "|---|---|---|---|---|---|---|"]
     for entry in sorted(entries, key=lambda e: e["name"]):
-        backbone = entry["backbone"]["name"] or "-"
-        notes = entry.get("notes", "").replace("|", "/").replace("\n", " ")
-        lines.append(f"| `{entry['name']}` | {entry_label(entry)} | {entry['dataset']['split']} | {backbone} "
-                     f"| {entry['hardware']} | `{entry['command']}` | {notes} |")
+        lines.append(f"| {code_cell(entry['name'])} | {cell(entry_label(entry))} | {cell(entry['dataset']['split'])} "
+                     f"| {cell(entry['backbone']['name'] or '-')} | {cell(entry['hardware'])} "
+                     f"| {code_cell(entry['command'])} | {cell(entry.get('notes', ''))} |")
     lines += ["", "Submit an entry: see the project README, section *Leaderboard*.", ""]
     return "\n".join(lines)
 
@@ -267,7 +291,7 @@ def render_readme(entries: list[dict], annotations: str | Path) -> str:
 def render_csv(entries: list[dict], annotations: str | Path) -> str:
     columns = ["split", "name", "method", "rank_image", "rank_pixel"]
     columns += [c for m in METRICS for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
-    columns += ["latency_median_ms", "latency_p90_ms", "latency_device", "hardware", "manifest_sha256"]
+    columns += ["latency_median_ms", "latency_p90_ms", "latency_device", "hardware", "manifest_sha256", "maps_sha256"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -280,7 +304,7 @@ def render_csv(entries: list[dict], annotations: str | Path) -> str:
             row += ["" if entry["metrics"][m] is None else repr(v)
                     for m in METRICS for v in (entry["metrics"][m], *(entry["ci95"][m] or (None, None)))]
             row += [latency.get("median_ms", ""), latency.get("p90_ms", ""), (latency.get("protocol") or {}).get("device", ""),
-                    entry["hardware"], entry["dataset"]["manifest_sha256"]]
+                    entry["hardware"], entry["dataset"]["manifest_sha256"], maps_digest(entry["_folder"]) or ""]
             writer.writerow(row)
     return buffer.getvalue()
 
@@ -301,7 +325,7 @@ def plotted_split(entries: list[dict]) -> str | None:
 
 def latency_payload(entries: list[dict]) -> list:
     split = plotted_split(entries)
-    return [[e["name"], entry_label(e), e["latency"]["median_ms"], e["metrics"]["pixel_pro_30"], e["ci95"]["pixel_pro_30"]]
+    return [[e["name"], plot_text(entry_label(e)), e["latency"]["median_ms"], e["metrics"]["pixel_pro_30"], e["ci95"]["pixel_pro_30"]]
             for e in sorted(current_entries(entries), key=lambda e: e["name"])
             if e["latency"] and e["dataset"]["split"] == split]
 
@@ -401,7 +425,7 @@ def draw_overlays(entries: list[dict], annotations: Path, datasets: dict, path: 
             grid[r, c].imshow(np.clip((heat - low) / max(high - low, 1e-12), 0, 1), cmap="inferno", alpha=0.55)
             grid[r, c].contour(mask, levels=[0.5], colors="lime", linewidths=0.7)
             if r == 0:
-                grid[r, c].set_title(f"{entry_label(entry)}\n{entry['name']}", fontsize=6)
+                grid[r, c].set_title(plot_text(f"{entry_label(entry)}\n{entry['name']}"), fontsize=6)
     figure.suptitle("Anomaly maps, each scaled to its own range;\ntrue defects outlined in green", fontsize=8)
     figure.tight_layout()
     _save_png(figure, path, _fingerprint("overlays", payload))

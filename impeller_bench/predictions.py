@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .errors import ImpellerBenchError
-from .imageio import staged_directory
+from .imageio import read_npy, staged_directory
 from .metrics import MetricInputError, working_dtype
 
 SCORES_NAME = "scores.csv"
@@ -56,10 +56,7 @@ class Predictions:
         """The 2-D map of one image at its own precision (float16 widened to float32, integers to float64);
         refused if not 2-D, not a float or integer array, not finite, or not exactly representable."""
         path = self.map_path(image_id)
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ImpellerBenchError(f"cannot read map ({exc})", path) from exc
+        array = read_npy(path)
         if array.ndim != 2 or array.size == 0:
             raise ImpellerBenchError(f"map has shape {array.shape}; a non-empty 2-D array is required", path)
         try:

@@ -34,7 +34,7 @@ import torch
 from .data import load_dataset
 from .errors import ImpellerBenchError
 from .evaluate import evaluate
-from .imageio import atomic_write_bytes, sha256_file, staged_directory
+from .imageio import atomic_write_bytes, read_npy, sha256_file, staged_directory
 from .predictions import MAPS_NAME, META_NAME, SCORES_NAME, Predictions, load_predictions, write_predictions
 from .validate import require_valid
 
@@ -53,6 +53,8 @@ METRICS = IMAGE_METRICS + PIXEL_METRICS  # image metrics are null on a split wit
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: none may reach a page.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass
@@ -194,12 +196,28 @@ def schema_problems(data) -> list[str]:
             problems.append(f"{SUBMISSION_FILE}: field '{name}' must be {wanted}; found {json.dumps(data[name])[:80]}")
     if not problems:
         problems += null_problems(data["metrics"], data["ci95"])
+    problems += [f"{SUBMISSION_FILE}: field '{where}' holds control characters ({json.dumps(text)[:60]}): one line "
+                 "of printable text is expected" for where, text in _texts(data)
+                 if CONTROL.search(text.replace("\n", "").replace("\t", "") if where == "notes" else text)]
     if "notes" in data and not isinstance(data["notes"], str):
         problems.append(f"{SUBMISSION_FILE}: field 'notes' must be text")
     unknown = sorted(set(data) - set(FIELDS) - {"notes"})
     if unknown:
         problems.append(f"{SUBMISSION_FILE}: unknown field(s) {', '.join(unknown)}")
     return problems
+
+
+def _texts(value, where: str = ""):
+    """(field path, text) for every string in a submission, keys included (they reach pages too)."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(key, where)
+            yield from _texts(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            yield from _texts(item, f"{where}[{k}]")
 
 
 def null_problems(metrics: dict, ci95: dict) -> list[str]:
@@ -275,13 +293,8 @@ def load_replicates(folder: str | Path, claimed: dict) -> dict[str, np.ndarray]:
     """A submission's bootstrap replicates by metric, checked to be a finite float64 table with one column per
     defined metric and at most ``bootstrap.samples`` rows (a resample with one class only is skipped)."""
     path = Path(folder) / BOOTSTRAP_FILE
-    try:
-        table = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ImpellerBenchError(f"cannot read the bootstrap replicates ({exc})", path) from None
+    table = read_npy(path)
     metrics = defined_metrics(claimed)
-    if not isinstance(table, np.ndarray):
-        raise ImpellerBenchError(f"not a plain array but {type(table).__name__}", path)
     if (table.dtype != np.float64 or table.ndim != 2 or table.shape[1] != len(metrics)
             or not 2 <= table.shape[0] <= claimed["bootstrap"]["samples"]):
         raise ImpellerBenchError(f"expected a float64 table of at most {claimed['bootstrap']['samples']} resamples x "
@@ -351,6 +364,10 @@ def validate_submission(folder: str | Path, data_root: str | Path, annotations: 
     checks them."""
     folder, data_root, annotations = Path(folder), Path(data_root), Path(annotations)
     check = Check(folder)
+    if not SAFE_NAME.match(folder.name) or ".." in folder.name:
+        check.problems.append(f"{folder.name!r}: not an entry name (letters, digits, '_', '-', '.'; a letter or "
+                              "digit first: no hidden folders)")
+        return check
     files, check.problems = scan_files(folder)
     if check.problems:
         return check
@@ -386,10 +403,32 @@ def validate_submission(folder: str | Path, data_root: str | Path, annotations: 
         check.problems.append(str(exc))
         return check
     check.recomputed = recomputed
+    check.problems += provenance_problems(claimed, predictions.meta)
     check.problems += compare_claims(claimed, recomputed, intervals=intervals)
     if intervals and stored is not None:
         check.problems += replicate_problems(stored, recomputed["replicates"])
     return check
+
+
+def claimed_provenance(meta: dict) -> dict:
+    """What a submission must claim about how its predictions were made, from their ``meta.json``: method,
+    configuration (with the profile) and backbone (or, for the EfficientAD family, its teacher)."""
+    meta = _portable(meta)
+    backbone = {"name": meta.get("backbone"), "weights": meta.get("backbone_weights")}
+    if backbone["name"] is None and meta.get("teacher"):
+        backbone = {"name": f"teacher: {meta['teacher']}", "weights": meta.get("teacher_weights")}
+    return {"method": meta.get("method") or "unknown", "config": {"profile": meta.get("profile"),
+                                                                   **(meta.get("config") or {})},
+            "backbone": backbone}
+
+
+def provenance_problems(claimed: dict, meta: dict) -> list[str]:
+    """Where the claim contradicts its predictions' own record (``meta.json``): a copy of one method's
+    predictions filed under another's name, say."""
+    recorded = claimed_provenance(meta)
+    return [f"{SUBMISSION_FILE} claims {key} {json.dumps(claimed[key])[:80]}, but its predictions' "
+            f"{META_NAME} records {json.dumps(recorded[key])[:80]}"
+            for key in recorded if claimed[key] != recorded[key]]
 
 
 def submission_folders(paths: list[str | Path], board: str | Path) -> list[Path]:
@@ -400,7 +439,7 @@ def submission_folders(paths: list[str | Path], board: str | Path) -> list[Path]
         if (path / SUBMISSION_FILE).exists() or path.is_symlink() or not path.is_dir():
             folders.append(path)
         else:
-            folders += sorted(p for p in path.iterdir() if not p.name.startswith("."))
+            folders += sorted(path.iterdir())  # hidden ones too: each is accounted for or refused
     if not folders:
         raise ImpellerBenchError("no submissions found", paths[0])
     return folders
@@ -451,13 +490,11 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
         predictions_dir = write_predictions(stage / PREDICTIONS_DIR, scores, maps, meta, dtype=np.float16)
         result = evaluate(dataset, load_predictions(predictions_dir), bootstrap_samples, seed, progress,
                           replicates=True)
-        backbone = {"name": run.meta.get("backbone"), "weights": _portable(run.meta.get("backbone_weights"))}
-        if backbone["name"] is None and run.meta.get("teacher"):  # the EfficientAD family: its teacher, named
-            backbone = {"name": f"teacher: {run.meta['teacher']}", "weights": _portable(run.meta.get("teacher_weights"))}
+        provenance = claimed_provenance(meta)
         submission = {
-            "schema_version": SCHEMA_VERSION, "name": out.name, "method": run.meta.get("method") or "unknown",
-            "version": version, "authors": list(authors), "code": code, "backbone": backbone,
-            "config": _portable({"profile": run.meta.get("profile"), **(run.meta.get("config") or {})}),
+            "schema_version": SCHEMA_VERSION, "name": out.name, "method": provenance["method"],
+            "version": version, "authors": list(authors), "code": code, "backbone": provenance["backbone"],
+            "config": provenance["config"],
             "command": command, "hardware": hardware,
             "dataset": {"split": dataset.name, "manifest_sha256": dataset.manifest_sha256},
             "metrics": {m: result["metrics"].get(m) for m in METRICS},

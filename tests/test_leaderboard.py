@@ -242,8 +242,10 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     assert result.exit_code == 0, result.output
     assert run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations).exit_code == 0
     readme = (board / "README.md").read_text()
-    assert "`median-diff`" in readme and "`median-diff-copy`" in readme and "*PatchCore (paper)*" in readme
-    assert "| 1 | median-difference | `median-diff` |" in readme and "| 1 | median-difference | `median-diff-copy` |" in readme
+    assert "<code>median-diff</code>" in readme and "<code>median-diff-copy</code>" in readme
+    assert "*PatchCore (paper)*" in readme
+    assert ("| 1 | median-difference | <code>median-diff</code> |" in readme
+            and "| 1 | median-difference | <code>median-diff-copy</code> |" in readme)
     rows = (board / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("split,name,method,rank_image,rank_pixel")
     for png in ("latency_vs_pro.png", "overlays.png"):
@@ -455,3 +457,208 @@ def test_image_metrics_are_null_all_together_and_with_their_intervals(entry):
     only_problem(validate(), "the image metrics are null all together", "found null: image_auroc")
     edit_claims(folder, lambda d: (d["metrics"].update(image_auroc=0.5), d["ci95"].update(pixel_pro_30=None)))
     only_problem(validate(), "field 'ci95' must be", "null for an image metric that is null")
+
+
+# --- untrusted input: one kind per test ------------------------------------------------------------
+
+def _first_map(folder: Path) -> Path:
+    return sorted((folder / "predictions" / "maps").rglob("*.npy"))[0]
+
+
+@pytest.mark.parametrize("forge", ["npz", "object", "huge header", "text"])
+def test_a_map_that_is_not_one_plain_array_fails_its_entry_by_content_not_name(entry, forge):
+    folder, validate = entry
+    path = _first_map(folder)
+    array = np.load(path)
+    if forge == "npz":  # the reported case: an archive (a zip bomb would be one) under a map's .npy name
+        with open(path, "wb") as f:
+            np.savez(f, array, array)
+    elif forge == "object":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif forge == "huge header":  # a header claiming 10^12 floats, with 16 bytes behind it
+        header = {"descr": "<f8", "fortran_order": False, "shape": (10 ** 6, 10 ** 6)}
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(b"\0" * 16)
+    else:
+        path.write_text("0.1,0.2\n")
+    text = only_problem(validate(), path.name)
+    assert {"npz": "not a .npy array file", "object": "object array", "huge header": "claims",
+            "text": "not a .npy array file"}[forge] in text
+
+
+def test_one_bad_entry_never_stops_the_validation_of_the_others(entry, synthetic_registry, tmp_path):
+    folder, _ = entry
+    data_root, annotations, _ = synthetic_registry
+    other = folder.parent / "second-entry"
+    _submit_distinct(synthetic_registry, folder.parent.parent, "second-entry")
+    with open(_first_map(folder), "wb") as f:
+        np.savez(f, np.zeros((4, 4)))
+    result = run("leaderboard", "validate", "--board", folder.parent.parent, "--annotations", annotations,
+                 "--data", data_root)
+    assert result.exit_code == 1
+    assert f"FAIL  {folder}" in result.output and f"ok    {other}" in result.output
+    assert "1 of 2 submission(s) hold" in result.output
+
+
+def test_the_read_npy_rule_holds_for_every_loader(tmp_path):
+    from impeller_bench.imageio import read_npy
+
+    path = tmp_path / "bootstrap.npy"
+    with open(path, "wb") as f:
+        np.savez(f, np.zeros(3))
+    with pytest.raises(ImpellerBenchError, match="not a .npy array file") as caught:
+        submission.load_replicates(tmp_path, {"bootstrap": {"samples": 10}, "metrics": {}})
+    assert str(path) in str(caught.value)
+    np.save(path, np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(read_npy(path), np.arange(6.0).reshape(2, 3))
+
+
+def _submit_distinct(synthetic_registry, board: Path, name: str, sigma: float = 4.0, method: str = "median-difference"):
+    """A second, honest entry of the synthetic split (other predictions than the fixture's) under ``board``."""
+    data_root, _, _ = synthetic_registry
+    dataset = load_dataset(data_root / "synthetic-impellers")
+    median = np.median([s.load_image().astype(np.float32) for s in dataset.train], axis=0)
+    maps = {s.id: ndi.gaussian_filter(np.abs(s.load_image().astype(np.float32) - median), sigma) for s in dataset.test}
+    run_dir = write_predictions(board.parent / f"run-{name}", {i: float(m.max()) for i, m in maps.items()}, maps,
+                                {"method": method, "dataset": str(data_root / dataset.name)})
+    result = run("leaderboard", "submit", run_dir, "--name", name, "--command", "a test fixture", "--author", "t",
+                 "--code", "tests", "--hardware", "CI", "--map-size", 32, "--bootstrap", 20, "--board", board)
+    assert result.exit_code == 0, result.output
+    return board / "submissions" / name
+
+
+@pytest.mark.parametrize("field, value", [("method", "ours"), ("config", {"profile": "quick"}),
+                                          ("backbone", {"name": "efficientnet_lite0", "weights": None})])
+def test_a_claim_that_contradicts_its_predictions_provenance_fails(entry, field, value):
+    folder, validate = entry
+    edit_claims(folder, lambda d: d.update({field: value}))  # numbers untouched: only the label lies
+    only_problem(validate(), f"claims {field}", "meta.json records")
+
+
+def test_entries_alike_in_name_or_identical_in_maps_are_flagged(entry, synthetic_registry):
+    from impeller_bench.review import cross_entry_problems
+
+    folder, _ = entry
+    entries = folder.parent
+    copy = entries / "padim-copy"
+    shutil.copytree(folder, copy)  # a byte-identical copy, relabelled: the reported case
+    edit_claims(copy, lambda d: d.update(name="padim-copy", method="ours"))
+    lookalikes = [_submit_distinct(synthetic_registry, entries.parent, name, sigma)
+                  for name, sigma in (("MEDIAN-DIFF", 3.0), ("rnedian_diff", 5.0), ("honest", 6.0))]
+    problems = cross_entry_problems(sorted(entries.iterdir()))
+    by_name = {f.name: "\n".join(p) for f, p in problems.items()}
+    assert "identical to entry 'padim-copy'" in by_name["median-diff"]
+    assert "identical to entry 'median-diff'" in by_name["padim-copy"]
+    assert "'MEDIAN-DIFF'" in by_name["median-diff"] and "'median-diff'" in by_name["MEDIAN-DIFF"]
+    assert by_name["rnedian_diff"] == ""  # rn is not m: look-alikes are case, 0/o, 1/l/i and separators only
+    assert by_name["honest"] == ""
+    tails = _submit_distinct(synthetic_registry, entries.parent, "median.d1ff", 7.0)  # 1 for i, '.' for '-'
+    assert "'median-diff'" in "\n".join(cross_entry_problems([tails], [folder])[tails])
+
+
+def test_hidden_and_misnamed_folders_are_visited_and_refused(entry, synthetic_registry):
+    folder, _ = entry
+    data_root, annotations, _ = synthetic_registry
+    hidden = folder.parent / ".x"
+    shutil.copytree(folder, hidden)
+    edit_claims(hidden, lambda d: d.update(name=".x"))
+    (folder.parent / "stray.txt").write_text("not an entry")
+    folders = submission.submission_folders([], folder.parent.parent)
+    assert {f.name for f in folders} == {".x", "median-diff", "stray.txt"}
+    checks = {f.name: submission.validate_submission(f, data_root, annotations) for f in folders}
+    only_problem(checks[".x"], "not an entry name")
+    only_problem(checks["stray.txt"], "not a folder")
+    with pytest.raises(ImpellerBenchError):
+        leaderboard.load_entries(folder.parent.parent)
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("hardware", "CPU |\n| forged | row |", "control characters"),
+    ("command", "run\r\nrm -rf", "control characters"),
+    ("authors", ["a\x1b[31m"], "control characters"),
+    ("notes", "a\u2028b", "control characters"),
+])
+def test_text_with_control_characters_is_refused(entry, field, value, problem):
+    folder, validate = entry
+    edit_claims(folder, lambda d: d.update({field: value}))
+    only_problem(validate(), f"field '{field}", problem)
+
+
+def test_text_that_reaches_the_board_is_shown_as_written_never_as_markup(entry, synthetic_registry):
+    folder, _ = entry
+    _, annotations, _ = synthetic_registry
+    hostile = "a | b `c` <img src=x onerror=alert(1)> [link](javascript:x) \\| $x$"
+    edit_claims(folder, lambda d: d.update(hardware=hostile, command=hostile, method=hostile,
+                                           backbone={"name": hostile, "weights": None},
+                                           latency={"median_ms": 3.0, "p90_ms": 4.0, "hardware": hostile,
+                                                    "protocol": {"device": hostile, "threads": 2}}))
+    readme = leaderboard.render_readme(leaderboard.load_entries(folder.parent.parent), annotations)
+    assert "<img" not in readme and "](javascript" not in readme and "`c`" not in readme
+    lines = readme.splitlines()
+    shown = 0
+    for k, line in enumerate(lines):  # every table row has its header's cells: none added, none split
+        if line.startswith("|---"):
+            cells, row = lines[k - 1].count("|"), k + 1
+            while row < len(lines) and lines[row].startswith("|"):
+                assert lines[row].count("|") == cells, lines[row]
+                shown += "a &#124; b" in lines[row]
+                row += 1
+    assert shown >= 3  # the latency table, the entries table (and the rank tables' model name)
+    assert leaderboard.plot_text("$x$") == r"\$x\$"
+
+
+def test_a_pull_request_is_judged_by_scope_then_by_the_base_code(entry, synthetic_registry, tmp_path):
+    """A simulated pull request: the base board, the request's checkout with its changed files, and the
+    base code's `leaderboard check-pr`; a clean new entry passes, each forged one is refused."""
+    from impeller_bench.review import parse_name_status, pull_request_scope
+
+    folder, _ = entry
+    data_root, annotations, _ = synthetic_registry
+    base = folder.parent.parent
+
+    def request(name, make, extra=()):
+        pr = tmp_path / f"pr-{len(list(tmp_path.glob('pr-*')))}"
+        shutil.copytree(base, pr / "leaderboard")
+        new = make(pr / "leaderboard", name)
+        changes = [f"A\tleaderboard/submissions/{name}/{p.relative_to(new).as_posix()}"
+                   for p in sorted(new.rglob("*")) if p.is_file()] + list(extra)
+        (pr / "changes.txt").write_text("\n".join(changes) + "\n")
+        return run("leaderboard", "check-pr", "--changes", pr / "changes.txt", "--pr", pr, "--board", base,
+                   "--annotations", annotations, "--data", data_root)
+
+    honest = lambda board, name: _submit_distinct(synthetic_registry, board, name)
+
+    def copied(board, name):  # the fixture's predictions, relabelled
+        shutil.copytree(board / "submissions" / "median-diff", board / "submissions" / name)
+        edit_claims(board / "submissions" / name, lambda d: d.update(name=name))
+        return board / "submissions" / name
+
+    def forged(board, name):
+        new = honest(board, name)
+        edit_claims(new, lambda d: d["metrics"].update(pixel_auroc=0.999))
+        return new
+
+    clean = request("new-entry", honest)
+    assert clean.exit_code == 0 and "ok    " in clean.output, clean.output
+    refused = {
+        "with a validator change": request("new-entry", honest, ["M\timpeller_bench/submission.py"]),
+        "changing another entry": request("new-entry", honest, ["M\tleaderboard/submissions/median-diff/submission.json"]),
+        "a copy": request("copy-entry", copied),
+        "alike in name": request("Median_Diff", honest),
+        "a forged number": request("forged-entry", forged),
+    }
+    for what, result in refused.items():
+        assert result.exit_code == 1 and "FAIL" in result.output, (what, result.output)
+    assert "identical to entry 'median-diff'" in refused["a copy"].output
+    assert "pixel_auroc: claimed" in refused["a forged number"].output
+    # The scope rule alone, on the kinds a request can take.
+    existing = ["median-diff"]
+    assert pull_request_scope(parse_name_status("M\tREADME.md\n"), existing) == (None, [])
+    for changes, needle in (("A\tleaderboard/submissions/.x/submission.json\n", "not an entry name"),
+                            ("A\tleaderboard/submissions/a/x\nA\tleaderboard/submissions/b/x\n", "one new entry"),
+                            ("D\tleaderboard/submissions/median-diff/submission.json\n", "not additions"),
+                            ("A\tleaderboard/submissions/n/x\nM\tleaderboard/README.md\n", "outside the new entry"),
+                            ("A\tleaderboard/submissions/MEDIAN-D1FF/x\n", "up to case")):
+        name, problems = pull_request_scope(parse_name_status(changes), existing)
+        assert any(needle in p for p in problems), (changes, problems)

@@ -77,16 +77,34 @@ def test_leaderboard_workflow_calls_real_commands_in_order():
     assert "leaderboard/**" in workflow["on"]["pull_request"]["paths"]
     calls = [line for line in run_lines(workflow) if line.startswith("impeller-bench ")]
     names = [resolve(shlex.split(c)[1:])[0].name for c in calls]
-    assert names == ["download"] + ["build-split"] * 4 + ["validate", "build", "build"]
+    assert names == ["download"] + ["build-split"] * 4 + ["check-pr", "validate", "build"]
     for line in calls:
         check_invocation(line)
-    built = {shlex.split(c)[shlex.split(c).index("--split") + 1] for c in calls[1:5]}
+    built = {shlex.split(c)[shlex.split(c).index("--split") + 1].replace("$ANN/", "") for c in calls[1:5]}
     # Every split with entries on the board: the current tracks and the deprecated one that keeps its entries.
     on_board = {e["dataset"]["split"] for e in leaderboard.load_entries(REPO / "leaderboard")}
-    assert built == {f"annotations/{split}.json" for split in on_board | set(published.SPLITS) - {"impeller-v1-kaggle-test"}}
-    assert "--check" in calls[6] and "--check" not in calls[7]
-    env = next(iter(workflow["jobs"].values()))["env"]
-    assert env["KAGGLE_KEY"] == "${{ secrets.KAGGLE_KEY }}"
+    assert built == {f"{split}.json" for split in on_board | set(published.SPLITS) - {"impeller-v1-kaggle-test"}}
+    assert "--check" in calls[7]
+
+
+def test_leaderboard_workflow_judges_a_pull_request_with_the_base_code_and_keeps_secrets_from_it():
+    workflow = load("leaderboard.yml")
+    assert set(workflow["on"]) == {"pull_request"}  # never pull_request_target: no secrets for a fork's request
+    assert workflow["permissions"] == {"contents": "read"}
+    (job,) = workflow["jobs"].values()
+    assert "env" not in job  # secrets reach one step, not the job
+    steps = job["steps"]
+    checkouts = [k for k, step in enumerate(steps) if step.get("uses", "").startswith("actions/checkout")]
+    base, pr = (steps[k]["with"] for k in checkouts)
+    assert base["ref"] == "${{ github.event.pull_request.base.sha }}" and base["path"] == "base"
+    assert pr["ref"] == "${{ github.event.pull_request.head.sha }}" and pr["path"] == "pr"
+    assert base["persist-credentials"] is False and pr["persist-credentials"] is False
+    with_secrets = [k for k, step in enumerate(steps) if "secrets." in str(step)]
+    assert len(with_secrets) == 1 and "download" in steps[with_secrets[0]]["run"]
+    assert with_secrets[0] < checkouts[1]  # the key is used and gone before the request's files are on the disk
+    installs = [step["run"] for step in steps if "pip install" in step.get("run", "")]
+    assert installs == ["pip install torch==2.13.0 -e ./base kaggle"]  # only the base code is installed
+    assert all(step.get("working-directory") == "base" for step in steps if "impeller-bench" in step.get("run", ""))
 
 
 @pytest.mark.parametrize("line", ["impeller-bench nonsense", "impeller-bench leaderboard build --chekc"])
