@@ -263,7 +263,7 @@ def load_model(path: str | Path, device: str | None = None) -> InspectionModel:
                                  "one with 'impeller-bench train'", path)
     info = dict(header["model"])
     calibration = Calibration(**info.pop("calibration"))
-    return InspectionModel(detector_from_checkpoint(header, state, device), calibration, info)
+    return InspectionModel(detector_from_checkpoint(header, state, device, path), calibration, info)
 
 
 def model_info(detector, dataset, profile: str) -> dict:

@@ -180,6 +180,47 @@ def test_tampered_and_other_version_model_files_are_refused_in_one_line(trained,
         assert result.exit_code == 2 and message in result.output and not (tmp_path / name).exists()
 
 
+def _restate(change):
+    """A rewrite that changes the tensors, then recomputes the digest: an intact file with the wrong contents."""
+    from impeller_bench.detectors.base import checkpoint_digest
+
+    def rewrite(header, payload):
+        state = {k[len("state."):]: v for k, v in payload.items() if k.startswith("state.")}
+        change(header, state)
+        for key in [k for k in payload if k.startswith("state.")]:
+            del payload[key]
+        payload.update({f"state.{k}": v for k, v in state.items()})
+        header["sha256"] = checkpoint_digest(header, state)
+    return rewrite
+
+
+def test_a_model_file_with_tensors_its_detector_cannot_use_is_refused_on_load(trained, tmp_path, synthetic_dataset):
+    source = trained[0] / "train.model"
+    patchcore = tmp_path / "patchcore.model"
+    train_model("patchcore", synthetic_dataset, patchcore, **FAST)
+
+    def padim_under_patchcore(header, state):
+        state.clear()
+        state.update({k[len("state."):]: v for k, v in torch.load(source, weights_only=True).items()
+                      if k.startswith("state.")})
+
+    cases = {  # the reported case (a shape), then other members of its kind: a dtype, another method's tensors
+        "shape": (source, lambda h, s: s.update(mean=s["mean"][:, :-1]), "tensor mean: expected (P, "),
+        "dtype": (source, lambda h, s: s.update(precision=s["precision"].double()), "tensor precision: expected"),
+        "rows": (source, lambda h, s: s.update(precision=s["precision"][:-1]), "tensor precision: expected (P,"),
+        "method": (patchcore, padim_under_patchcore, "not a PatchCore model (it holds PaDiM's tensors)"),
+    }
+    for name, (original, change, message) in cases.items():
+        target = tmp_path / f"{name}.model"
+        _rewrite(original, target, _restate(change))
+        with pytest.raises(ImpellerBenchError) as caught:
+            load_model(target)
+        assert message in str(caught.value) and str(target) in str(caught.value) and "\n" not in str(caught.value)
+        result = CliRunner().invoke(main, ["export", str(target), "--out", str(tmp_path / f"{name}.onnx")])
+        assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    load_model(source)  # the untouched file still loads
+
+
 def test_a_plain_detector_checkpoint_is_not_a_model_file(trained, tmp_path):
     detector = load_model(trained[0] / "train.model").detector
     detector.save(tmp_path / "plain.pt")

@@ -130,6 +130,12 @@ class Detector(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         ...
 
+    def state_spec(self) -> dict[str, tuple[tuple, torch.dtype]]:
+        """Every tensor a fitted state of this configuration holds: name -> (shape, dtype). A dimension is a
+        number, or a letter for a size the training data set (a memory bank's rows), equal wherever the same
+        letter stands. By default the shapes of this (unfitted) detector's own state."""
+        return {k: (tuple(v.shape), v.dtype) for k, v in self.state_dict().items()}
+
     def require_fitted(self) -> None:
         if not self.fitted:
             raise ImpellerBenchError(f"{self.name} has not been fitted: call fit() on normal images first")
@@ -202,11 +208,61 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def load(path: str | Path, device: str | None = None) -> Detector:
     """A fitted detector from ``save`` (checked by :func:`read_checkpoint`); only tensors are unpickled."""
     header, state = read_checkpoint(path)
-    return detector_from_checkpoint(header, state, device)
+    return detector_from_checkpoint(header, state, device, path)
 
 
-def detector_from_checkpoint(header: dict, state: dict[str, torch.Tensor], device: str | None = None) -> Detector:
+def check_state(detector: Detector, state: dict[str, torch.Tensor], path: str | Path | None = None) -> None:
+    """One ImpellerBenchError unless ``state`` holds exactly the tensors ``detector`` needs, each of its shape
+    and dtype (a file whose digest was recomputed after an edit is intact, not right)."""
+    spec = detector.state_spec()
+    if set(state) != set(spec):
+        holder = _method_holding(state, detector.name)
+        missing, unexpected = sorted(set(spec) - set(state)), sorted(set(state) - set(spec))
+        raise ImpellerBenchError(
+            f"not a {_display(detector.name)} model " + (f"(it holds {_display(holder)}'s tensors)" if holder else
+            f"(missing {', '.join(missing[:3]) or 'nothing'}; unexpected {', '.join(unexpected[:3]) or 'nothing'})"),
+            path)
+    sizes: dict[str, int] = {}
+    for name, (shape, dtype) in spec.items():
+        tensor = state[name]
+        found = f"found {tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}"
+        expected = f"expected ({', '.join(map(str, shape))}{',' if len(shape) == 1 else ''}) " \
+                   f"{str(dtype).replace('torch.', '')}"
+        fits = tensor.dtype == dtype and tensor.ndim == len(shape)
+        for want, size in zip(shape, tensor.shape) if fits else ():
+            if isinstance(want, str):
+                fits = fits and sizes.setdefault(want, size) == size
+            else:
+                fits = fits and want == size
+        if not fits:
+            raise ImpellerBenchError(f"tensor {name}: {expected}, {found}", path)
+
+
+def _display(method: str) -> str:
+    from ..leaderboard import model_name
+
+    return model_name(method)
+
+
+def _method_holding(state: dict[str, torch.Tensor], other_than: str) -> str | None:
+    """The registered method whose default fitted state has exactly these tensor names, if one has."""
+    for name in available():
+        if name == other_than:
+            continue
+        try:
+            if set(create(name, device="cpu").state_spec()) == set(state):
+                return name
+        except (ImpellerBenchError, RuntimeError, OSError):
+            continue
+    return None
+
+
+def detector_from_checkpoint(header: dict, state: dict[str, torch.Tensor], device: str | None = None,
+                             path: str | Path | None = None) -> Detector:
+    """The fitted detector a checkpoint's header and tensors describe, its tensors checked against the
+    detector's :meth:`Detector.state_spec` first (one line naming the tensor, or whose tensors these are)."""
     detector = create(header["name"], device=device, **header["config"])
+    check_state(detector, state, path)
     detector.load_state_dict(state)
     detector.fitted = True
     return detector

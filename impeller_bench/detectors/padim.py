@@ -91,6 +91,11 @@ class PaDiM(ScoredByModule, PretrainedFeatureDetector):
     def state_dict(self):
         return {"kept_channels": self.kept_channels, "mean": self.mean, "precision": self.precision}
 
+    def state_spec(self):
+        keep = min(self.config.channels, self.feature_channels())
+        return {"kept_channels": ((keep,), torch.int64), "mean": (("P", keep), torch.float32),
+                "precision": (("P", keep, keep), torch.float32)}  # P: the feature grid's positions
+
     def load_state_dict(self, state):
         self.kept_channels = state["kept_channels"].to(self.device)
         self.mean = state["mean"].to(self.device)

@@ -99,5 +99,8 @@ class PatchCore(ScoredByModule, PretrainedFeatureDetector):
     def state_dict(self):
         return {"bank": self.bank}
 
+    def state_spec(self):
+        return {"bank": (("N", self.feature_channels()), torch.float32)}
+
     def load_state_dict(self, state):
         self.bank = state["bank"].to(self.device)

@@ -248,6 +248,12 @@ class PatchSVDD(Detector):
         state |= {f"classifiers.{k}": v for k, v in self.classifiers.state_dict().items()}
         return state | {"statistics": self.statistics} | {f"bank.{k}": v for k, v in self.banks.items()}
 
+    def state_spec(self):
+        networks = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        networks |= {f"classifiers.{k}": v for k, v in self.classifiers.state_dict().items()}
+        return ({k: (tuple(v.shape), v.dtype) for k, v in networks.items()} | {"statistics": ((2,), torch.float32)}
+                | {f"bank.{name}": ((f"N_{name}", self.config.dim), torch.float32) for name in PATCH_SIZES})
+
     def load_state_dict(self, state):
         self.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
         self.classifiers.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("classifiers.")})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .base import TRAINING_IMAGES_FOR_TIMING, register
@@ -79,6 +80,11 @@ class SPADE(PretrainedFeatureDetector):
 
     def state_dict(self):
         return {"global_bank": self.global_bank, "pyramid_bank": self.pyramid_bank}
+
+    def state_spec(self):
+        pooled, pyramid = self._features([np.zeros((self.config.image_size,) * 2, np.uint8)])
+        return {"global_bank": (("N", pooled.shape[1]), torch.float32),
+                "pyramid_bank": (("N", *pyramid.shape[1:]), torch.float32)}  # N: the training images
 
     def load_state_dict(self, state):
         self.global_bank = state["global_bank"].to(self.device)
