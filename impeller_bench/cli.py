@@ -43,6 +43,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ImpellerBenchError as exc:
             click.echo(f"error: {exc}", err=True)
+            for note in getattr(exc, "__notes__", ()):
+                click.echo(f"note: {note}", err=True)
             ctx.exit(2)
         except MemoryError as exc:  # numpy's _ArrayMemoryError among them: a line, not a traceback
             size = f" ({exc})" if str(exc) else ""

@@ -146,14 +146,28 @@ def upright_file_bytes(data: bytes, path: str | Path) -> tuple[bytes, str | None
     return (encode_png(image_pixels(decode_image(data, path))), ".png") if turned else (data, None)
 
 
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes, or one ImpellerBenchError saying why not (permissions, gone since it was listed, a link
+    to nothing, a folder)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        gone = "a link to a file that does not exist" if Path(path).is_symlink() else "no such file (removed?)"
+        raise ImpellerBenchError(gone, path) from None
+    except PermissionError:
+        raise ImpellerBenchError("permission denied", path) from None
+    except OSError as exc:
+        raise ImpellerBenchError(f"cannot be read ({exc.strerror or exc})", path) from None
+
+
 def read_gray(path: str | Path) -> np.ndarray:
     """A photo as a 2-D uint8 array, as a viewer shows it (:func:`decode_gray`)."""
-    return decode_gray(Path(path).read_bytes(), path)
+    return decode_gray(read_file(path), path)
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image as a viewer shows it (:func:`image_pixels`): 2-D uint8 for grey, H x W x 3 uint8 otherwise."""
-    return image_pixels(decode_image(Path(path).read_bytes(), path))
+    return image_pixels(decode_image(read_file(path), path))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -167,7 +181,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     read). A JPEG mask is lossy: it reads only where it decodes to exactly
     0 and 255.
     """
-    return mask_pixels(decode_image(Path(path).read_bytes(), path), path)
+    return mask_pixels(decode_image(read_file(path), path), path)
 
 
 def mask_pixels(image: Image.Image, path: str | Path) -> np.ndarray:
@@ -295,29 +309,85 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def staged_directory(out: str | Path, overwrite: bool = False):
+def staged_directory(out: str | Path, overwrite: bool = False, keep_on_error: bool = False):
     """Yield a fresh folder that becomes ``out`` only if the block completes.
 
-    On any error or interrupt the staging folder is removed and ``out`` is left
-    as it was. An existing non-empty ``out`` is replaced only with ``overwrite``.
+    On any error or interrupt the staging folder is removed (with ``keep_on_error``: left in place, its path
+    added to the error, for work too long to lose) and ``out`` is left as it was. An existing non-empty
+    ``out`` is replaced only with ``overwrite``. One writer at a time: the block holds ``out``'s lock
+    (:func:`output_lock`), and staging folders a killed run left for ``out`` are removed first.
     """
     out = Path(out)
+    _refuse_existing(out, overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImpellerBenchError(f"cannot create the output folder's parent ({exc.strerror or exc})", out) from None
+    with output_lock(out):
+        _refuse_existing(out, overwrite)  # (made while we waited)
+        for left in [*out.parent.glob(f".{out.name}.*.partial"), *out.parent.glob(f".{out.name}.*.old")]:
+            shutil.rmtree(left, ignore_errors=True)  # a killed run's: its owner is gone, or we would not hold the lock
+        try:
+            stage, _ = _new_entry(out.parent, f".{out.name}.", ".partial", os.mkdir)  # 0777 less the umask
+        except OSError as exc:
+            raise ImpellerBenchError(f"cannot write beside the output folder ({exc.strerror or exc})", out) from None
+        try:
+            yield stage
+            if out.exists():
+                retired, _ = _new_entry(out.parent, f".{out.name}.", ".old", os.mkdir)
+                os.replace(out, retired / "old")
+                os.replace(stage, out)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.replace(stage, out)
+        except BaseException as exc:
+            if keep_on_error and any(stage.iterdir()):
+                exc.add_note(f"what was written before the failure is kept in {stage} (the next run into {out} "
+                             "removes it)")
+            else:
+                shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+
+def _refuse_existing(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ImpellerBenchError("output folder exists and is not empty (use --overwrite to replace it)", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage, _ = _new_entry(out.parent, f".{out.name}.", ".partial", os.mkdir)  # 0777 less the umask
+
+
+@contextlib.contextmanager
+def output_lock(out: Path):
+    """Hold ``.OUT.lock`` beside ``out`` (an exclusive ``flock``, released by the system when its owner dies,
+    the lock file removed after use) for the block; one ImpellerBenchError naming the holder when another
+    process holds it: two runs into one output would otherwise both succeed, the later replacing the earlier."""
+    import fcntl
+
+    path = out.parent / f".{out.name}.lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            raise ImpellerBenchError(f"cannot write beside the output folder ({exc.strerror or exc})", out) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ImpellerBenchError(f"is being written by {holder} (its lock: {path.name}); wait for it to "
+                                     "finish, or write elsewhere", out) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:  # not a lock file its last owner removed meanwhile
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     try:
-        yield stage
-        if out.exists():
-            retired, _ = _new_entry(out.parent, f".{out.name}.", ".old", os.mkdir)
-            os.replace(out, retired / "old")
-            os.replace(stage, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {os.uname().nodename}".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def is_image_file(path: Path) -> bool:

@@ -24,6 +24,8 @@ import csv
 import io
 import json
 import math
+import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -293,8 +295,9 @@ def input_files(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     found, taken, seen = [], set(), set()
     for given in map(Path, inputs):
         if given.is_dir():
+            # A link to nothing is listed too: it is skipped with its reason, not passed over in silence.
             files = [(p, Path(given.resolve().name) / p.relative_to(given)) for p in sorted(given.rglob("*"))
-                     if is_image_file(p)]
+                     if is_image_file(p) or (p.is_symlink() and p.suffix.lower() in IMAGE_SUFFIXES)]
         elif given.is_file():
             files = [(given, Path(given.name))]
         else:
@@ -347,27 +350,32 @@ def predict_files(model: InspectionModel, inputs: Iterable[str | Path], out: str
     rows, skipped = [], []
     batches = [files[k:k + batch_size] for k in range(0, len(files), batch_size)]
     started = time.perf_counter()
-    with staged_directory(out, overwrite=overwrite) as stage:
+    with staged_directory(out, overwrite=overwrite, keep_on_error=True) as stage, \
+            open(stage / "results.csv", "w", newline="", encoding="utf-8") as results:
+        # Written as the run goes: a failure late in a long run keeps what was judged (keep_on_error).
+        writer = csv.DictWriter(results, RESULT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
         for batch in (progress(batches, f"judging ({batch_size} a batch)", None) if progress else batches):
             readable = []
             for path, name in batch:
                 try:
                     readable.append((path, name, read_image(path)))
                 except ImpellerBenchError as exc:
-                    skipped.append({"path": str(path), "problem": exc.problem})
+                    skipped.append({"path": shown_path(path), "problem": exc.problem})
             if not readable:
                 continue
             judgements = model.predict([image for _, _, image in readable], image_threshold, pixel_threshold)
             for (path, name, image), judged in zip(readable, judgements):
                 _write_outputs(stage, name, image, judged, model.calibration)
-                rows.append({"path": str(path), "name": name.as_posix(), "score": f"{judged.score:.9g}",
-                             "decision": judged.decision, "defect_area_px": judged.defect_area,
-                             "seconds": f"{judged.seconds:.4f}"})
+                rows.append({"path": shown_path(path), "name": shown_path(name.as_posix()),
+                             "score": f"{judged.score:.9g}", "decision": judged.decision,
+                             "defect_area_px": judged.defect_area, "seconds": f"{judged.seconds:.4f}"})
+                writer.writerow(rows[-1])
+            results.flush()
         if not rows:
             raise ImpellerBenchError(f"none of the {len(files)} image file(s) could be read; first: "
                                      f"{skipped[0]['path']}: {skipped[0]['problem']}")
         seconds = time.perf_counter() - started
-        _write_csv(stage / "results.csv", rows, ["path", "name", "score", "decision", "defect_area_px", "seconds"])
         if skipped:
             _write_csv(stage / "skipped.csv", skipped, ["path", "problem"])
         summary = {"images": len(rows), "defects": sum(r["decision"] == "defect" for r in rows),
@@ -377,6 +385,17 @@ def predict_files(model: InspectionModel, inputs: Iterable[str | Path], out: str
                    "method": model.method, "calibration": asdict(model.calibration)}
         atomic_write_bytes(stage / "summary.json", json.dumps(summary, indent=1).encode())
     return summary | {"out": str(out), "skipped_files": skipped}
+
+
+RESULT_COLUMNS = ["path", "name", "score", "decision", "defect_area_px", "seconds"]
+
+
+def shown_path(path) -> str:
+    """A file name as text that any CSV or JSON writer takes: bytes that are not UTF-8 (a name the file
+    system allows) as ``\\xNN``, control characters (a newline in a name) as ``\\xNN`` too; printable
+    names unchanged."""
+    text = os.fsencode(str(path)).decode("utf-8", errors="backslashreplace")
+    return re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _write_outputs(folder: Path, name: Path, image: np.ndarray, judged: Judgement, calibration: Calibration) -> None:

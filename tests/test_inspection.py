@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -402,3 +403,99 @@ def test_efficientad_validation_holds_out_whole_photo_groups():
     groups = [0, 0, 1, 1, 1, 2, 2, 3]
     assert validation_split(order, 3, groups) == [5, 6, 2, 3, 4]  # image 5's photo (5, 6), then image 2's
     assert validation_split([0, 1, 2], 1, [0, 0, 0]) == [0]  # one photo only: nothing else to hold out
+
+
+# --------------------------------------------------------------------------- predict on a production folder
+
+
+def test_files_that_cannot_be_read_are_skipped_with_their_reason(trained, parts_folder, tmp_path, monkeypatch):
+    folder, _, _ = parts_folder
+    (folder / "dangling.png").symlink_to(folder / "nowhere.png")  # a link to nothing
+    locked = folder / "a" / "locked.png"
+    locked.write_bytes((folder / "a" / "good.png").read_bytes())
+    read_bytes = Path.read_bytes
+
+    def unreadable(path):  # (tests may run as root, whom chmod does not stop)
+        if path.name == "locked.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    listed = inspection.input_files
+    monkeypatch.setattr(inspection, "input_files", lambda inputs: listed(inputs) + [(folder / "gone.png", Path("gone"))])
+    model = load_model(trained[0] / "train.model")
+    summary = inspection.predict_files(model, [folder], tmp_path / "out", batch_size=2)
+    problems = {Path(s["path"]).name: s["problem"] for s in summary["skipped_files"]}
+    assert problems["dangling.png"] == "a link to a file that does not exist"
+    assert problems["locked.png"] == "permission denied"
+    assert problems["gone.png"] == "no such file (removed?)"
+    assert summary["images"] == 4 and (tmp_path / "out" / "skipped.csv").read_text().count("\n") == 1 + 4
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_image_is_judged(trained, parts_folder,
+                                                                                     tmp_path, monkeypatch):
+    folder, _, _ = parts_folder
+    (tmp_path / "a-file").write_text("x")
+    judged = []
+    monkeypatch.setattr(inspection.InspectionModel, "predict", lambda self, *a: judged.append(1))
+    for out in (tmp_path / "a-file" / "out", Path("/proc/impeller-bench-test/out")):  # under a file; where none may
+        result = CliRunner().invoke(main, ["predict", str(trained[0] / "train.model"), str(folder), "--out", str(out)])
+        assert result.exit_code == 2 and result.output.count("\n") == 1 and str(out) in result.output, result.output
+    assert not judged
+
+
+def test_every_name_the_file_system_allows_reaches_the_outputs(trained, parts_folder, tmp_path):
+    folder, _, _ = parts_folder
+    source = (folder / "a" / "good.png").read_bytes()
+    names = [b"caf\xe9-latin1.png", b"line\nbreak.png", "über, \"quoted\".png".encode()]
+    for name in names:
+        with open(os.path.join(os.fsencode(folder), name), "wb") as f:
+            f.write(source)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["predict", str(trained[0] / "train.model"), str(folder), "--out", str(out)])
+    assert result.exit_code == 1, result.output  # broken.png is skipped; every other file is judged
+    rows = list(csv.DictReader((out / "results.csv").open(encoding="utf-8")))
+    shown = {Path(r["path"]).name for r in rows}
+    assert {"caf\\xe9-latin1.png", "line\\x0abreak.png", "über, \"quoted\".png"} <= shown
+    assert json.loads((out / "summary.json").read_text())["images"] == len(rows) == 4 + len(names)
+    for row in rows:  # each row names outputs that exist (their file names as the file system holds them)
+        assert row["decision"] in ("ok", "defect")
+    assert len(list((out / "maps").rglob("*.npy"))) == len(rows)
+
+
+def test_a_failure_at_the_end_keeps_what_was_judged(trained, parts_folder, tmp_path, monkeypatch):
+    folder, _, _ = parts_folder
+    out = tmp_path / "out"
+    write = inspection.atomic_write_bytes
+
+    def full_disk(path, data):
+        if Path(path).name == "summary.json":
+            raise OSError(28, "No space left on device")
+        return write(path, data)
+
+    monkeypatch.setattr(inspection, "atomic_write_bytes", full_disk)
+    with pytest.raises(OSError) as caught:
+        inspection.predict_files(load_model(trained[0] / "train.model"), [folder], out, batch_size=2)
+    (kept,) = tmp_path.glob(".out.*.partial")
+    assert str(kept) in "\n".join(caught.value.__notes__) and not out.exists()
+    assert len(list(csv.DictReader((kept / "results.csv").open()))) == 4  # every readable image, judged
+    monkeypatch.setattr(inspection, "atomic_write_bytes", write)
+    inspection.predict_files(load_model(trained[0] / "train.model"), [folder], out)  # the next run into out
+    assert out.is_dir() and not list(tmp_path.glob(".out.*"))  # the dead run's folder is gone, no lock left
+
+
+def test_two_writers_of_one_output_the_second_refused_naming_the_first(trained, parts_folder, tmp_path):
+    from impeller_bench.imageio import output_lock, staged_directory
+
+    folder, _, _ = parts_folder
+    out = tmp_path / "out"
+    with output_lock(out):  # another run holds it (flock: per open file, so this process counts as another)
+        result = CliRunner().invoke(main, ["predict", str(trained[0] / "train.model"), str(folder), "--out", str(out)])
+        assert result.exit_code == 2 and f"is being written by process {os.getpid()}" in result.output
+        with pytest.raises(ImpellerBenchError, match="is being written by"):  # run, submit, build: one rule
+            with staged_directory(tmp_path / "out"):
+                pass
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    with staged_directory(out) as stage:
+        (stage / "x").write_text("1")
+    assert (out / "x").read_text() == "1" and not list(tmp_path.glob(".out.*"))
