@@ -224,7 +224,7 @@ def test_stored_replicates_are_checked_against_the_recomputed_ones(entry):
     only_problem(validate(), "bootstrap.npy", "expected a float64 table")
     with open(path, "wb") as handle:  # an archive under the array's name
         np.savez(handle, table)
-    only_problem(validate(), "bootstrap.npy", "not a plain array")
+    only_problem(validate(), "bootstrap.npy", "not a .npy array file")
     path.unlink()
     only_problem(validate(), "no bootstrap.npy")
 
@@ -445,7 +445,7 @@ def test_a_track_without_good_test_images_takes_entries_with_pixel_metrics_only(
     assert built.exit_code == 0, built.output
     readme = (board / "README.md").read_text()
     assert "Image metrics: not defined (no good test images) on this track" in readme
-    assert "Image level (ranked by AUROC)" not in readme and "| 1 | smoothed-mask | `smoothed` |" in readme
+    assert "Image level (ranked by AUROC)" not in readme and "| 1 | smoothed-mask | <code>smoothed</code> |" in readme
     row = (board / "results.csv").read_text().splitlines()[1].split(",")
     assert row[3] == "" and row[4] == "1" and row[5] == ""  # no image rank, no image AUROC; pixel rank 1
     assert run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations).exit_code == 0
