@@ -501,7 +501,7 @@ def export_command(model, export_format, out, check_images, opset, overwrite):
 
     import numpy as np
 
-    from .export import check_export, export_onnx
+    from .export import check_export, export_onnx, graph_thresholds
     from .imageio import read_image
     from .inspection import input_files, load_model
 
@@ -522,9 +522,7 @@ def export_command(model, export_format, out, check_images, opset, overwrite):
     else:
         size = loaded.detector.model_input_size
         images = list(np.random.default_rng(0).integers(0, 256, (4, size, size), dtype=np.uint8))
-    c = loaded.calibration
-    metadata = {"image_threshold": repr(c.image_threshold), "pixel_threshold": repr(c.pixel_threshold),
-                "false_alarm_rate": repr(c.false_alarm_rate), "model_file": model.name}
+    metadata = graph_thresholds(loaded.calibration) | {"model_file": model.name}
     # Checked before it takes the name: a graph that fails the check never replaces anything.
     checking = out.with_name(f".{out.name}.checking")
     try:

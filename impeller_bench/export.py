@@ -196,6 +196,20 @@ def onnx_scorer(path: str | Path, providers: Sequence[str] = ("CPUExecutionProvi
     return OnnxScorer(path, providers, threads)
 
 
+def graph_thresholds(calibration) -> dict[str, str]:
+    """The thresholds an exported graph is judged by, as ONNX metadata: the model's own where its held-out
+    images were S x S (the graph's input); else those recalibrated on the same images resized to S
+    (``Calibration.graph_*``): at another size the map, and so its maximum, is made differently."""
+    recalibrated = calibration.graph_image_threshold is not None
+    image, pixel = ((calibration.graph_image_threshold, calibration.graph_pixel_threshold) if recalibrated
+                    else (calibration.image_threshold, calibration.pixel_threshold))
+    sizes = " and ".join("x".join(map(str, size)) for size in calibration.image_sizes or [])
+    return {"image_threshold": repr(image), "pixel_threshold": repr(pixel),
+            "false_alarm_rate": repr(calibration.false_alarm_rate),
+            "thresholds_calibrated_on": (f"the held-out normal images ({sizes} px) resized to the graph's input"
+                                         if recalibrated else "the held-out normal images, at the graph's input size")}
+
+
 def check_export(detector: detectors.Detector, path: str | Path, images: Sequence[np.ndarray],
                  atol: float = 1e-4, rtol: float = 1e-5) -> float:
     """The largest absolute difference between torch's and ONNX Runtime's scores and maps on ``images``

@@ -69,11 +69,18 @@ class Calibration:
     pixel_false_alarm_rate: float
     images: int  # held-out normal images behind the thresholds
     source: str
+    # The held-out images' sizes ([height, width] each, distinct). Where one is not the model's S x S input,
+    # an exported graph (which scores S x S inputs, its map at S x S) needs thresholds of its own: the same
+    # held-out images resized to S and scored so ("graph_*"; None where the sizes are S x S already).
+    image_sizes: list | None = None
+    graph_image_threshold: float | None = None
+    graph_pixel_threshold: float | None = None
 
 
 def held_out_normals(detector, images: Sequence[np.ndarray], seed: int, groups: Sequence | None = None,
                      progress=None):
-    """(scores, maps, source) of normal images the fitted ``detector`` did not learn from.
+    """(scorer, images, source): normal images the fitted ``detector`` did not learn from, and the detector
+    that scores them on its scale.
 
     A detector that kept validation images out of its fit (``validation_indices``: whole photo groups when
     it was given them) is scored on them: its scores are on its own scale (EfficientAD's maps are
@@ -86,8 +93,8 @@ def held_out_normals(detector, images: Sequence[np.ndarray], seed: int, groups: 
     kept_out = getattr(detector, "validation_indices", None)
     wanted = max(1, round(HELD_OUT_FRACTION * len(images)))
     if kept_out:
-        scores, maps = score_by_size(detector, [images[i] for i in kept_out])
-        return scores, maps, f"the detector's {len(kept_out)} validation images (held out of its fit)"
+        return detector, [images[i] for i in kept_out], f"the detector's {len(kept_out)} validation images " \
+                                                        "(held out of its fit)"
     if groups is not None and len(set(groups)) >= 2:
         order = rng.permutation(sorted(set(groups))).tolist()
         held_groups, count = [], 0
@@ -107,8 +114,7 @@ def held_out_normals(detector, images: Sequence[np.ndarray], seed: int, groups: 
     rest = [image for k, image in enumerate(images) if k not in held_set]
     probe = detectors.create(detector.name, device=str(detector.device), **asdict(detector.config))
     probe.fit(rest, progress, None if groups is None else [g for k, g in enumerate(groups) if k not in held_set])
-    scores, maps = score_by_size(probe, [images[k] for k in held])
-    return scores, maps, f"{how}, scored by a copy fitted on the other {len(rest)}"
+    return probe, [images[k] for k in held], f"{how}, scored by a copy fitted on the other {len(rest)}"
 
 
 def calibrate(detector, images: Sequence[np.ndarray], false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
@@ -119,16 +125,37 @@ def calibrate(detector, images: Sequence[np.ndarray], false_alarm_rate: float = 
     for name, rate in (("false-alarm rate", false_alarm_rate), ("pixel false-alarm rate", pixel_false_alarm_rate)):
         if not 0 <= rate < 1:
             raise ImpellerBenchError(f"{name} {rate} is not in [0, 1)")
-    scores, maps, source = held_out_normals(detector, images, seed, groups, progress)
-    total = sum(m.size for m in maps)
-    step = max(1, math.ceil(total / PIXELS_FOR_CALIBRATION))
-    pixels = np.concatenate([np.asarray(m, np.float64).ravel()[::step] for m in maps])
+    scorer, held, source = held_out_normals(detector, images, seed, groups, progress)
+    scores, pixels = _scores_and_pixels(scorer, held)
+    sizes = sorted({tuple(np.asarray(image).shape[:2]) for image in held})
+    side = detector.model_input_size
+    graph = {}
+    if sizes != [(side, side)]:  # what an exported graph, scoring S x S inputs, must be judged by
+        graph_scores, graph_pixels = _scores_and_pixels(scorer, [resize_image(image, side) for image in held])
+        graph = {"graph_image_threshold": threshold_for_rate(graph_scores, false_alarm_rate),
+                 "graph_pixel_threshold": threshold_for_rate(graph_pixels, pixel_false_alarm_rate)}
     return Calibration(
         image_threshold=threshold_for_rate(scores, false_alarm_rate),
         pixel_threshold=threshold_for_rate(pixels, pixel_false_alarm_rate),
         pixel_reference=float(np.median(pixels)),
         false_alarm_rate=false_alarm_rate, pixel_false_alarm_rate=pixel_false_alarm_rate,
-        images=len(scores), source=source)
+        images=len(scores), source=source, image_sizes=[list(size) for size in sizes], **graph)
+
+
+def _scores_and_pixels(scorer, images) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores, and a sample of at most about ``PIXELS_FOR_CALIBRATION`` of the maps' pixels."""
+    scores, maps = score_by_size(scorer, images)
+    step = max(1, math.ceil(sum(m.size for m in maps) / PIXELS_FOR_CALIBRATION))
+    return scores, np.concatenate([np.asarray(m, np.float64).ravel()[::step] for m in maps])
+
+
+def resize_image(image: np.ndarray, side: int) -> np.ndarray:
+    """A uint8 image resized to side x side as the scoring path resizes it (bilinear, antialiased), uint8."""
+    from .backbones import images01
+
+    x = images01([image], side)[0]  # 3 x S x S in [0, 1]
+    rgb = (x.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    return rgb[..., 0] if np.asarray(image).ndim == 2 else rgb
 
 
 def score_by_size(detector, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -386,7 +386,9 @@ def test_train_export_and_latency_commands(synthetic_dataset, tmp_path):
     assert exported.exit_code == 0, exported.output
     assert "ONNX Runtime matches torch on 14 image(s)" in exported.output
     metadata = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
-    assert float(metadata["image_threshold"]) == load_model(model_file).calibration.image_threshold
+    c = load_model(model_file).calibration
+    assert float(metadata["image_threshold"]) == (c.image_threshold if c.graph_image_threshold is None
+                                                  else c.graph_image_threshold)
     timed = CliRunner().invoke(main, ["latency", "ours", "--onnx", "--profile", "quick", "--device", "cpu",
                                       "--runs", "2", "--warmup", "0", "--plot", str(tmp_path / "l.png")])
     assert timed.exit_code == 0, timed.output
@@ -499,3 +501,27 @@ def test_two_writers_of_one_output_the_second_refused_naming_the_first(trained, 
     with staged_directory(out) as stage:
         (stage / "x").write_text("1")
     assert (out / "x").read_text() == "1" and not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("side", [64, 96])
+def test_an_exported_graph_is_judged_by_thresholds_for_its_own_input(synthetic_dataset, side):
+    """A model calibrated on images of another size than its input S (the reported case: 300 or 512 px
+    photos) exports thresholds recalibrated on the same held-out images resized to S: the graph's scores are
+    made at S x S, and the share of held-out normals above its threshold keeps the calibrated rate."""
+    from impeller_bench.export import graph_thresholds
+
+    images = [inspection.resize_image(s.load_image(), side) for s in load_dataset(synthetic_dataset).train]
+    detector = detectors.create("padim", device="cpu", image_size=64).fit(images)
+    calibration = inspection.calibrate(detector, images, false_alarm_rate=0.2, seed=0)
+    assert calibration.image_sizes == [[side, side]]
+    metadata = graph_thresholds(calibration)
+    if side == 64:  # the images are the graph's input: the model's own thresholds
+        assert calibration.graph_image_threshold is None
+        assert float(metadata["image_threshold"]) == calibration.image_threshold
+        return
+    assert float(metadata["image_threshold"]) == calibration.graph_image_threshold != calibration.image_threshold
+    assert float(metadata["pixel_threshold"]) == calibration.graph_pixel_threshold
+    assert "96x96 px" in metadata["thresholds_calibrated_on"]
+    scorer, held, _ = inspection.held_out_normals(detector, images, 0)
+    graph_scores = inspection.score_by_size(scorer, [inspection.resize_image(image, 64) for image in held])[0]
+    assert np.mean(graph_scores > calibration.graph_image_threshold) <= 0.2
