@@ -489,14 +489,14 @@ def latency_command(methods, device, runs, warmup, json_path, plot_path, profile
 @click.option("--format", "export_format", default="onnx", show_default=True, type=click.Choice(["onnx"]))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write (.onnx).")
 @click.option("--check-images", type=click.Path(exists=True, path_type=Path),
-              help="Images (a file or a folder) to compare ONNX Runtime's outputs with torch's on (default: 4 "
-                   "seeded noise images).")
+              help="Images (a file or a folder) to compare ONNX Runtime's outputs with torch's on (default: the "
+                   "held-out normal images the model file keeps).")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(16))
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def export_command(model, export_format, out, check_images, opset, overwrite):
     """Export a MODEL file from 'train' as an ONNX graph: image in (float32 N x 3 x S x S, RGB in [0, 1], at the
     model's input size S), score and map (S x S) out, the thresholds in its metadata; then check that ONNX
-    Runtime gives torch's outputs (to 1e-4)."""
+    Runtime gives torch's outputs (to 1e-4, absolute or relative)."""
     import os
 
     import numpy as np
@@ -519,8 +519,11 @@ def export_command(model, export_format, out, check_images, opset, overwrite):
                 break
         if not images:
             raise ImpellerBenchError("no readable image to check the export on", check_images)
+    elif loaded.check_images:  # held-out normal images the model file keeps
+        images = loaded.check_images
     else:
         size = loaded.detector.model_input_size
+        click.echo("the model file keeps no calibration images: checked on 4 seeded noise images", err=True)
         images = list(np.random.default_rng(0).integers(0, 256, (4, size, size), dtype=np.uint8))
     metadata = graph_thresholds(loaded.calibration) | {"model_file": model.name}
     # Checked before it takes the name: a graph that fails the check never replaces anything.
@@ -728,25 +731,38 @@ def _validate_entries(folders, board, data_root, annotations) -> int:
 
 @leaderboard_group.command("check-pr")
 @click.option("--changes", required=True, type=click.File("r"),
-              help="The pull request's changed files, as `git diff --name-status BASE...HEAD` prints them.")
+              help="The pull request's changed files, as `git diff --name-status -z BASE...HEAD` prints them.")
 @click.option("--pr", "pr_root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The pull request's checkout (read as data, never run).")
+@click.option("--kind", "kind_only", is_flag=True,
+              help="Only print the request's kind, 'submission' or 'maintenance', and exit 0.")
 @_board_option
 @_annotations_option
 @_data_option
-def leaderboard_check_pr_command(changes, pr_root, board, annotations, data_root):
-    """Judge a pull request with this (the base branch's) code: its scope (one new entry under
-    leaderboard/submissions/, nothing else), then that entry, in full, against the base board's entries.
+def leaderboard_check_pr_command(changes, pr_root, board, annotations, data_root, kind_only):
+    """Judge a pull request with this (the base branch's) code. A submission (it changes something under
+    leaderboard/submissions/): its scope (one new entry, nothing else), then that entry, in full, against
+    the base board's entries, with the base annotations. Maintenance (no submission changed): the request's
+    whole board, with its own annotations, every entry in full, and its generated files current.
 
-    A request that changes no submission is maintenance: exit 0 here (the tests judge code). Run it from
-    the base branch's checkout, with its --board and --annotations."""
+    Run it from the base branch's checkout, with its --board and --annotations; --data holds the splits built
+    from the annotations that apply (the base's for a submission, the request's for maintenance)."""
+    from .leaderboard import outdated
     from .review import parse_name_status, pull_request_scope
 
-    existing = sorted(p.name for p in (board / "submissions").iterdir())
+    existing = sorted(p.name for p in (board / "submissions").iterdir()) if (board / "submissions").is_dir() else []
     name, problems = pull_request_scope(parse_name_status(changes.read()), existing)
-    if name is None:
-        click.echo("no submission in this pull request: nothing for the leaderboard to judge")
+    if kind_only:
+        click.echo("maintenance" if name is None and not problems else "submission")
         sys.exit(0)
+    if name is None:
+        pr_board, pr_annotations = pr_root / "leaderboard", pr_root / "annotations"
+        click.echo("maintenance: no submission changed; the request's board is judged whole")
+        code = _validate_entries(sorted((pr_board / "submissions").iterdir()), pr_board, data_root, pr_annotations)
+        stale = outdated(pr_board, pr_annotations)
+        for stale_name in stale:
+            click.echo(f"FAIL  out of date: {pr_board / stale_name}")
+        sys.exit(1 if code or stale else 0)
     for problem in problems:
         click.echo(f"FAIL  scope: {problem}")
     if problems:

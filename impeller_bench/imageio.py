@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
+import math
 import os
 import re
 import shutil
@@ -212,7 +214,7 @@ def read_npy(path: str | Path, max_bytes: int = 1 << 30) -> np.ndarray:
             shape, _, dtype = header(f)
             if dtype.hasobject:
                 raise ImpellerBenchError("an object array (pickled Python objects) is refused", path)
-            claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            claimed = math.prod(shape) * dtype.itemsize  # Python integers: no overflow, whatever it claims
             if claimed > max_bytes:
                 raise ImpellerBenchError(f"its header claims {claimed:,} bytes of data, more than {max_bytes:,}", path)
             f.seek(0)
@@ -325,7 +327,7 @@ def staged_directory(out: str | Path, overwrite: bool = False, keep_on_error: bo
         raise ImpellerBenchError(f"cannot create the output folder's parent ({exc.strerror or exc})", out) from None
     with output_lock(out):
         _refuse_existing(out, overwrite)  # (made while we waited)
-        for left in [*out.parent.glob(f".{out.name}.*.partial"), *out.parent.glob(f".{out.name}.*.old")]:
+        for left in _staging_folders(out):
             shutil.rmtree(left, ignore_errors=True)  # a killed run's: its owner is gone, or we would not hold the lock
         try:
             stage, _ = _new_entry(out.parent, f".{out.name}.", ".partial", os.mkdir)  # 0777 less the umask
@@ -349,6 +351,12 @@ def staged_directory(out: str | Path, overwrite: bool = False, keep_on_error: bo
             raise
 
 
+def _staging_folders(out: Path) -> list[Path]:
+    """The staging (``.OUT.<12 hex>.partial``) and retired (``.old``) folders of ``out``, of no other output."""
+    exact = re.compile(re.escape(f".{out.name}.") + r"[0-9a-f]{12}\.(partial|old)")
+    return [p for p in out.parent.glob(glob.escape(f".{out.name}.") + "*") if exact.fullmatch(p.name)]
+
+
 def _refuse_existing(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ImpellerBenchError("output folder exists and is not empty (use --overwrite to replace it)", out)
@@ -364,7 +372,8 @@ def output_lock(out: Path):
     path = out.parent / f".{out.name}.lock"
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
+                         0o666)  # (a planted link is not followed)
         except OSError as exc:
             raise ImpellerBenchError(f"cannot write beside the output folder ({exc.strerror or exc})", out) from None
         try:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from . import __version__, detectors
 from .errors import ImpellerBenchError
@@ -122,6 +123,16 @@ def calibrate(detector, images: Sequence[np.ndarray], false_alarm_rate: float = 
               groups: Sequence | None = None, progress=None) -> Calibration:
     """Thresholds for the fitted ``detector`` from normal ``images`` (its training images, with their photo
     ``groups`` where known: see :func:`held_out_normals`)."""
+    return calibrate_with_check_images(detector, images, false_alarm_rate, pixel_false_alarm_rate, seed, groups,
+                                       progress)[0]
+
+
+def calibrate_with_check_images(detector, images: Sequence[np.ndarray],
+                                false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+                                pixel_false_alarm_rate: float = DEFAULT_PIXEL_FALSE_ALARM_RATE, seed: int = 0,
+                                groups: Sequence | None = None, progress=None) -> tuple[Calibration, list]:
+    """:func:`calibrate`'s thresholds, and up to ``CHECK_IMAGES`` of the held-out images at the model's input
+    size (RGB uint8), for a model file to check its exports on."""
     for name, rate in (("false-alarm rate", false_alarm_rate), ("pixel false-alarm rate", pixel_false_alarm_rate)):
         if not 0 <= rate < 1:
             raise ImpellerBenchError(f"{name} {rate} is not in [0, 1)")
@@ -134,12 +145,17 @@ def calibrate(detector, images: Sequence[np.ndarray], false_alarm_rate: float = 
         graph_scores, graph_pixels = _scores_and_pixels(scorer, [resize_image(image, side) for image in held])
         graph = {"graph_image_threshold": threshold_for_rate(graph_scores, false_alarm_rate),
                  "graph_pixel_threshold": threshold_for_rate(graph_pixels, pixel_false_alarm_rate)}
-    return Calibration(
+    calibration = Calibration(
         image_threshold=threshold_for_rate(scores, false_alarm_rate),
         pixel_threshold=threshold_for_rate(pixels, pixel_false_alarm_rate),
         pixel_reference=float(np.median(pixels)),
         false_alarm_rate=false_alarm_rate, pixel_false_alarm_rate=pixel_false_alarm_rate,
         images=len(scores), source=source, image_sizes=[list(size) for size in sizes], **graph)
+    check = [resize_image(np.asarray(image), side) for image in held[:CHECK_IMAGES]]
+    return calibration, [image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in check]
+
+
+CHECK_IMAGES = 4
 
 
 def _scores_and_pixels(scorer, images) -> tuple[np.ndarray, np.ndarray]:
@@ -226,10 +242,13 @@ class Judgement:
 class InspectionModel:
     """A fitted detector with its calibrated thresholds: ``predict`` judges images."""
 
-    def __init__(self, detector, calibration: Calibration, info: dict):
+    def __init__(self, detector, calibration: Calibration, info: dict, check_images: list[np.ndarray] | None = None):
         self.detector = detector
         self.calibration = calibration
         self.info = info
+        # A few of the held-out normal images at the model's input size (RGB uint8): what export checks an
+        # exported graph on, rather than noise.
+        self.check_images = check_images or []
 
     @property
     def method(self) -> str:
@@ -237,7 +256,8 @@ class InspectionModel:
 
     def save(self, path: str | Path) -> None:
         """One file (written atomically): the detector's checkpoint with the calibration and provenance."""
-        self.detector.save(path, extra={"calibration": asdict(self.calibration)} | self.info)
+        extras = {"check_images": torch.from_numpy(np.stack(self.check_images))} if self.check_images else None
+        self.detector.save(path, extra={"calibration": asdict(self.calibration)} | self.info, extra_tensors=extras)
 
     def thresholds(self, image_threshold: float | None = None,
                    pixel_threshold: float | None = None) -> tuple[float, float]:
@@ -286,13 +306,18 @@ def load_model(path: str | Path, device: str | None = None) -> InspectionModel:
     """A model file written by ``impeller-bench train`` (or ``run --model``), checked (version, digest)."""
     from .detectors.base import detector_from_checkpoint, read_checkpoint
 
-    header, state = read_checkpoint(path)
+    header, state, extras = read_checkpoint(path)
     if "model" not in header:
         raise ImpellerBenchError("a detector checkpoint without calibrated thresholds, not a model file: make "
                                  "one with 'impeller-bench train'", path)
     info = dict(header["model"])
     calibration = Calibration(**info.pop("calibration"))
-    return InspectionModel(detector_from_checkpoint(header, state, device, path), calibration, info)
+    check = extras.get("check_images")
+    if check is not None and (check.dtype != torch.uint8 or check.ndim != 4 or check.shape[-1] != 3):
+        raise ImpellerBenchError(f"its check images are {tuple(check.shape)} {check.dtype}, not N x S x S x 3 uint8",
+                                 path)
+    return InspectionModel(detector_from_checkpoint(header, state, device, path), calibration, info,
+                           None if check is None else list(check.numpy()))
 
 
 def model_info(detector, dataset, profile: str) -> dict:
@@ -330,9 +355,13 @@ def input_files(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
         else:
             raise ImpellerBenchError("no such file or folder", given)
         for path, relative in files:
-            if path.resolve() in seen:  # the same file reached twice (a folder given twice, a link): judged once
+            try:
+                key = path.resolve()
+            except (RuntimeError, OSError):  # a link loop: listed as it is, and skipped with its reason when read
+                key = path.absolute()
+            if key in seen:  # the same file reached twice (a folder given twice, a link): judged once
                 continue
-            seen.add(path.resolve())
+            seen.add(key)
             name, k = relative.with_suffix(""), 1
             while name in taken:
                 k += 1
@@ -418,11 +447,16 @@ RESULT_COLUMNS = ["path", "name", "score", "decision", "defect_area_px", "second
 
 
 def shown_path(path) -> str:
-    """A file name as text that any CSV or JSON writer takes: bytes that are not UTF-8 (a name the file
-    system allows) as ``\\xNN``, control characters (a newline in a name) as ``\\xNN`` too; printable
-    names unchanged."""
-    text = os.fsencode(str(path)).decode("utf-8", errors="backslashreplace")
-    return re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", lambda m: f"\\x{ord(m.group()):02x}", text)
+    """A file name as text that any CSV or JSON writer takes, unambiguously: a backslash doubled, bytes that
+    are not UTF-8 (a name the file system allows) as ``\\xNN``, control characters as ``\\xNN`` (a newline
+    in a name) or ``\\uNNNN`` (C1, the line separators); other names unchanged."""
+    raw = os.fsencode(str(path))
+    parts = []
+    for piece in re.split(rb"(\\)", raw):  # the backslashes the name holds, doubled first
+        parts.append("\\\\" if piece == b"\\" else piece.decode("utf-8", errors="backslashreplace"))
+    text = "".join(parts)
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]",
+                  lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x80 else f"\\u{ord(m.group()):04x}", text)
 
 
 def _write_outputs(folder: Path, name: Path, image: np.ndarray, judged: Judgement, calibration: Calibration) -> None:

@@ -106,12 +106,13 @@ def image_level(annotations: str | Path, split: str, entries: list[dict]) -> boo
 # Characters a Markdown table would act on (a cell's end, code, escapes, links), as entities: with HTML
 # escaped, submitted text is shown as written, never as markup.
 MARKDOWN_ENTITIES = str.maketrans({"|": "&#124;", "`": "&#96;", "\\": "&#92;", "[": "&#91;", "]": "&#93;",
-                                   "\n": " ", "\r": " "})
+                                   "*": "&#42;", "_": "&#95;", "~": "&#126;", ":": "&#58;", "\n": " ", "\r": " "})
 
 
 def cell(text) -> str:
-    """Submitted text as the content of one Markdown table cell."""
-    return html.escape(str(text), quote=True).translate(MARKDOWN_ENTITIES)
+    """Submitted text as the content of one Markdown table cell (emphasis and autolinks too: no ``*``, ``_``,
+    ``~`` or ``:``, and no ``www.``, acts; Markdown applies inside inline HTML such as ``<code>``)."""
+    return html.escape(str(text), quote=True).translate(MARKDOWN_ENTITIES).replace("www.", "www&#46;")
 
 
 def code_cell(text) -> str:

@@ -102,8 +102,10 @@ def load_predictions(path: str | Path) -> Predictions:
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
-        except ValueError as exc:
-            raise ImpellerBenchError(f"not valid JSON ({exc})", meta_path) from exc
+        except (ValueError, RecursionError) as exc:  # (nesting deeper than Python's stack: hostile, not valid)
+            raise ImpellerBenchError(f"not valid JSON ({exc})", meta_path) from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
+            raise ImpellerBenchError("must hold a JSON object (its 'config' an object too)", meta_path)
     return Predictions(root, scores, meta)
 
 

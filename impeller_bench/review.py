@@ -30,8 +30,8 @@ def maps_digest(folder: Path) -> str | None:
     """sha256 of an entry's maps (their image ids and float32 values, whatever their file encoding), or None
     where they cannot be read (the entry's own check says why)."""
     maps = Path(folder) / PREDICTIONS_DIR / MAPS_NAME
-    if not maps.is_dir() or maps.is_symlink():
-        return None
+    if any(p.is_symlink() for p in (Path(folder), maps.parent, maps)) or not maps.is_dir():
+        return None  # (links are refused by the entry's own check; none is followed here)
     digest = hashlib.sha256()
     try:
         for path in sorted(p for p in maps.rglob("*.npy") if p.is_file() and not p.is_symlink()):
@@ -66,11 +66,25 @@ def cross_entry_problems(folders: list[Path], others: list[Path] = ()) -> dict[P
 
 
 def parse_name_status(text: str) -> list[tuple[str, list[str]]]:
-    """``git diff --name-status`` lines as (status letter, paths): one path, or two for a rename or copy."""
+    """``git diff --name-status -z`` output (NUL-separated, paths as they are: no quoting of odd names) as
+    (status letter, paths): one path, or two for a rename or copy. Lines without NULs (``--name-status``
+    without ``-z``) are read too, but a quoted path (git quotes odd names there) is refused: it would not
+    match the paths it names."""
+    if "\0" in text:
+        tokens, changes = [t for t in text.split("\0")], []
+        k = 0
+        while k < len(tokens) and tokens[k]:
+            status = tokens[k]
+            count = 2 if status[:1] in "RC" else 1
+            changes.append((status[:1], tokens[k + 1:k + 1 + count]))
+            k += 1 + count
+        return changes
     changes = []
     for line in text.splitlines():
         if line.strip():
             status, *paths = line.split("\t")
+            if any(path.startswith('"') for path in paths):
+                raise ImpellerBenchError(f"a quoted path in the changes ({line!r}): give `git diff --name-status -z`")
             changes.append((status[:1], paths))
     return changes
 

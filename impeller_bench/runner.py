@@ -17,8 +17,9 @@ from .data import load_dataset
 from .errors import ImpellerBenchError
 from .evaluate import evaluate
 from .imageio import staged_directory
-from .inspection import (DEFAULT_FALSE_ALARM_RATE, DEFAULT_PIXEL_FALSE_ALARM_RATE, InspectionModel, calibrate,
-                         decision_report, model_info, refuse_existing_model, score_by_size)
+from .inspection import (DEFAULT_FALSE_ALARM_RATE, DEFAULT_PIXEL_FALSE_ALARM_RATE, InspectionModel,
+                         calibrate_with_check_images, decision_report, model_info, refuse_existing_model,
+                         score_by_size)
 from .predictions import load_predictions, write_predictions
 from .progress import no_progress
 from .validate import require_valid
@@ -167,13 +168,14 @@ def keep_model(path, detector, dataset, train, profile: str, seed: int, false_al
                pixel_false_alarm_rate: float, test_outputs=None, progress=None) -> dict:
     """Calibrate the fitted ``detector`` on its training images, judge the labelled test set with the
     thresholds (when ``test_outputs``, its scores and maps, are given) and write the model file."""
-    calibration = calibrate(detector, train, false_alarm_rate, pixel_false_alarm_rate, seed,
-                            training_groups(dataset), progress)
+    calibration, check_images = calibrate_with_check_images(detector, train, false_alarm_rate,
+                                                            pixel_false_alarm_rate, seed, training_groups(dataset),
+                                                            progress)
     info = model_info(detector, dataset, profile)
     if test_outputs is not None:
         scores, maps = test_outputs
         labels = [s.is_defect for s in dataset.test]
         masks = [s.load_mask() for s in dataset.test] if dataset.has_pixel_masks else None
         info["test_report"] = decision_report(calibration, labels, scores, masks, maps)
-    InspectionModel(detector, calibration, info).save(path)
+    InspectionModel(detector, calibration, info, check_images).save(path)
     return {"model": str(path), "calibration": asdict(calibration), "test_report": info.get("test_report")}

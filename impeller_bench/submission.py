@@ -25,6 +25,7 @@ import math
 import os
 import re
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +54,13 @@ METRICS = IMAGE_METRICS + PIXEL_METRICS  # image metrics are null on a split wit
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: none may reach a page.
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters (C0, DEL, C1), format characters (bidirectional overrides, zero-width ones) and the line
+# and paragraph separators: none may reach a page (they hide or reorder what a reader sees).
+CONTROL_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+
+
+def has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) in CONTROL_CATEGORIES for ch in text)
 
 
 @dataclass
@@ -198,7 +204,7 @@ def schema_problems(data) -> list[str]:
         problems += null_problems(data["metrics"], data["ci95"])
     problems += [f"{SUBMISSION_FILE}: field '{where}' holds control characters ({json.dumps(text)[:60]}): one line "
                  "of printable text is expected" for where, text in _texts(data)
-                 if CONTROL.search(text.replace("\n", "").replace("\t", "") if where == "notes" else text)]
+                 if has_control(text.replace("\n", "").replace("\t", "") if where == "notes" else text)]
     if "notes" in data and not isinstance(data["notes"], str):
         problems.append(f"{SUBMISSION_FILE}: field 'notes' must be text")
     unknown = sorted(set(data) - set(FIELDS) - {"notes"})
@@ -238,7 +244,7 @@ def read_submission(folder: Path) -> tuple[dict | None, list[str]]:
     path = folder / SUBMISSION_FILE
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         return None, [f"{SUBMISSION_FILE}: cannot be read as JSON ({exc})"]
     problems = schema_problems(data)
     if not problems and data["name"] != folder.name:

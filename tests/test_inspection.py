@@ -163,7 +163,8 @@ def test_tampered_and_other_version_model_files_are_refused_in_one_line(trained,
     def other_version(header, payload):  # digest recomputed: only the version differs
         header["package_version"] = "0.0.1"
         state = {k[len("state."):]: v for k, v in payload.items() if k.startswith("state.")}
-        header["sha256"] = checkpoint_digest(header, state)
+        extras = {k[len("extra."):]: v for k, v in payload.items() if k.startswith("extra.")}
+        header["sha256"] = checkpoint_digest(header, state, extras)
 
     def edit_threshold(header, payload):
         header["model"]["calibration"]["image_threshold"] = 0.0
@@ -191,7 +192,8 @@ def _restate(change):
         for key in [k for k in payload if k.startswith("state.")]:
             del payload[key]
         payload.update({f"state.{k}": v for k, v in state.items()})
-        header["sha256"] = checkpoint_digest(header, state)
+        extras = {k[len("extra."):]: v for k, v in payload.items() if k.startswith("extra.")}
+        header["sha256"] = checkpoint_digest(header, state, extras)
     return rewrite
 
 
@@ -206,9 +208,9 @@ def test_a_model_file_with_tensors_its_detector_cannot_use_is_refused_on_load(tr
                       if k.startswith("state.")})
 
     cases = {  # the reported case (a shape), then other members of its kind: a dtype, another method's tensors
-        "shape": (source, lambda h, s: s.update(mean=s["mean"][:, :-1]), "tensor mean: expected (P, "),
+        "shape": (source, lambda h, s: s.update(mean=s["mean"][:, :-1]), "tensor mean: expected ("),
         "dtype": (source, lambda h, s: s.update(precision=s["precision"].double()), "tensor precision: expected"),
-        "rows": (source, lambda h, s: s.update(precision=s["precision"][:-1]), "tensor precision: expected (P,"),
+        "rows": (source, lambda h, s: s.update(precision=s["precision"][:-1]), "tensor precision: expected ("),
         "method": (patchcore, padim_under_patchcore, "not a PatchCore model (it holds PaDiM's tensors)"),
     }
     for name, (original, change, message) in cases.items():
@@ -385,6 +387,11 @@ def test_train_export_and_latency_commands(synthetic_dataset, tmp_path):
                                          "--check-images", str(synthetic_dataset / "test")])
     assert exported.exit_code == 0, exported.output
     assert "ONNX Runtime matches torch on 14 image(s)" in exported.output
+    kept = load_model(model_file).check_images  # held-out normals at the input size, not noise, by default
+    assert kept and all(image.shape == (256, 256, 3) and image.dtype == np.uint8 for image in kept)
+    by_default = CliRunner().invoke(main, ["export", str(model_file), "--out", str(tmp_path / "d.onnx")])
+    assert by_default.exit_code == 0 and f"matches torch on {len(kept)} image(s)" in by_default.output, by_default.output
+    assert "noise" not in by_default.output
     metadata = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
     c = load_model(model_file).calibration
     assert float(metadata["image_threshold"]) == (c.image_threshold if c.graph_image_threshold is None
@@ -413,6 +420,7 @@ def test_efficientad_validation_holds_out_whole_photo_groups():
 def test_files_that_cannot_be_read_are_skipped_with_their_reason(trained, parts_folder, tmp_path, monkeypatch):
     folder, _, _ = parts_folder
     (folder / "dangling.png").symlink_to(folder / "nowhere.png")  # a link to nothing
+    (folder / "loop.png").symlink_to(folder / "loop.png")  # a link to itself
     locked = folder / "a" / "locked.png"
     locked.write_bytes((folder / "a" / "good.png").read_bytes())
     read_bytes = Path.read_bytes
@@ -431,7 +439,8 @@ def test_files_that_cannot_be_read_are_skipped_with_their_reason(trained, parts_
     assert problems["dangling.png"] == "a link to a file that does not exist"
     assert problems["locked.png"] == "permission denied"
     assert problems["gone.png"] == "no such file (removed?)"
-    assert summary["images"] == 4 and (tmp_path / "out" / "skipped.csv").read_text().count("\n") == 1 + 4
+    assert problems["loop.png"].startswith("cannot be read")
+    assert summary["images"] == 4 and (tmp_path / "out" / "skipped.csv").read_text().count("\n") == 1 + 5
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_image_is_judged(trained, parts_folder,
@@ -498,9 +507,16 @@ def test_two_writers_of_one_output_the_second_refused_naming_the_first(trained, 
             with staged_directory(tmp_path / "out"):
                 pass
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    other = tmp_path / ".out.b.0123456789ab.partial"  # a live staging folder of another output, "out.b"
+    other.mkdir()
     with staged_directory(out) as stage:
         (stage / "x").write_text("1")
-    assert (out / "x").read_text() == "1" and not list(tmp_path.glob(".out.*"))
+    assert (out / "x").read_text() == "1" and other.is_dir()
+    (tmp_path / ".link.lock").symlink_to(tmp_path / "target")  # a planted lock link is not followed
+    with pytest.raises(ImpellerBenchError, match="cannot write beside"):
+        with staged_directory(tmp_path / "link"):
+            pass
+    assert not (tmp_path / "target").exists()
 
 
 @pytest.mark.parametrize("side", [64, 96])

@@ -465,7 +465,7 @@ def _first_map(folder: Path) -> Path:
     return sorted((folder / "predictions" / "maps").rglob("*.npy"))[0]
 
 
-@pytest.mark.parametrize("forge", ["npz", "object", "huge header", "text"])
+@pytest.mark.parametrize("forge", ["npz", "object", "huge header", "absurd header", "text"])
 def test_a_map_that_is_not_one_plain_array_fails_its_entry_by_content_not_name(entry, forge):
     folder, validate = entry
     path = _first_map(folder)
@@ -475,8 +475,9 @@ def test_a_map_that_is_not_one_plain_array_fails_its_entry_by_content_not_name(e
             np.savez(f, array, array)
     elif forge == "object":
         np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    elif forge == "huge header":  # a header claiming 10^12 floats, with 16 bytes behind it
-        header = {"descr": "<f8", "fortran_order": False, "shape": (10 ** 6, 10 ** 6)}
+    elif forge in ("huge header", "absurd header"):  # a header claiming 10^12 (or 10^400) floats, 16 bytes behind
+        side = 10 ** 6 if forge == "huge header" else 10 ** 200
+        header = {"descr": "<f8", "fortran_order": False, "shape": (side, side)}
         with open(path, "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
             f.write(b"\0" * 16)
@@ -484,7 +485,7 @@ def test_a_map_that_is_not_one_plain_array_fails_its_entry_by_content_not_name(e
         path.write_text("0.1,0.2\n")
     text = only_problem(validate(), path.name)
     assert {"npz": "not a .npy array file", "object": "object array", "huge header": "claims",
-            "text": "not a .npy array file"}[forge] in text
+            "absurd header": "claims", "text": "not a .npy array file"}[forge] in text
 
 
 def test_one_bad_entry_never_stops_the_validation_of_the_others(entry, synthetic_registry, tmp_path):
@@ -578,6 +579,7 @@ def test_hidden_and_misnamed_folders_are_visited_and_refused(entry, synthetic_re
     ("command", "run\r\nrm -rf", "control characters"),
     ("authors", ["a\x1b[31m"], "control characters"),
     ("notes", "a\u2028b", "control characters"),
+    ("hardware", "CPU \u202egnp.exe", "control characters"),  # a bidirectional override: text shown reversed
 ])
 def test_text_with_control_characters_is_refused(entry, field, value, problem):
     folder, validate = entry
@@ -652,9 +654,19 @@ def test_a_pull_request_is_judged_by_scope_then_by_the_base_code(entry, syntheti
         assert result.exit_code == 1 and "FAIL" in result.output, (what, result.output)
     assert "identical to entry 'median-diff'" in refused["a copy"].output
     assert "pixel_auroc: claimed" in refused["a forged number"].output
-    # The scope rule alone, on the kinds a request can take.
+    # The scope rule alone, on the kinds a request can take; git's NUL-separated form, odd names unquoted.
     existing = ["median-diff"]
     assert pull_request_scope(parse_name_status("M\tREADME.md\n"), existing) == (None, [])
+    odd = "A\0leaderboard/submissions/\u00e9ntry/x\0M\0leaderboard/README.md\0"
+    name, problems = pull_request_scope(parse_name_status(odd), existing)
+    assert name == "\u00e9ntry" and any("not an entry name" in p for p in problems)
+    assert any("outside the new entry" in p for p in problems)
+    with pytest.raises(ImpellerBenchError, match="quoted path"):  # git's quoting would hide the path it names
+        parse_name_status('A\t"leaderboard/submissions/\\303\\251/x"\n')
+    changes = tmp_path / "maintenance.txt"
+    changes.write_text("M\0impeller_bench/cli.py\0")
+    kind = run("leaderboard", "check-pr", "--changes", changes, "--pr", tmp_path, "--board", base, "--kind")
+    assert kind.exit_code == 0 and kind.output.strip() == "maintenance"
     for changes, needle in (("A\tleaderboard/submissions/.x/submission.json\n", "not an entry name"),
                             ("A\tleaderboard/submissions/a/x\nA\tleaderboard/submissions/b/x\n", "one new entry"),
                             ("D\tleaderboard/submissions/median-diff/submission.json\n", "not additions"),
@@ -662,3 +674,15 @@ def test_a_pull_request_is_judged_by_scope_then_by_the_base_code(entry, syntheti
                             ("A\tleaderboard/submissions/MEDIAN-D1FF/x\n", "up to case")):
         name, problems = pull_request_scope(parse_name_status(changes), existing)
         assert any(needle in p for p in problems), (changes, problems)
+
+
+@pytest.mark.parametrize("where, text, problem", [
+    ("submission.json", "[" * 100_000 + "]" * 100_000, "cannot be read as JSON"),  # deeper than Python's stack
+    ("predictions/meta.json", "[" * 100_000 + "]" * 100_000, "not valid JSON"),
+    ("predictions/meta.json", "[1, 2]", "must hold a JSON object"),
+    ("predictions/meta.json", '{"method": "x", "config": "x"}', "must hold a JSON object"),
+])
+def test_json_a_parser_chokes_on_fails_its_entry_in_one_line(entry, where, text, problem):
+    folder, validate = entry
+    (folder / where).write_text(text)
+    only_problem(validate(), problem)

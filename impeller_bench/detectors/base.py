@@ -153,37 +153,41 @@ class Detector(ABC):
         """What goes into meta.json: the method, its configuration, and anything a table must show."""
         return {"method": self.name, "config": dataclasses.asdict(self.config)}
 
-    def save(self, path: str | Path, extra: dict | None = None) -> None:
+    def save(self, path: str | Path, extra: dict | None = None, extra_tensors: dict | None = None) -> None:
         """One file: tensors plus a JSON header (method, config, the writing version, ``extra`` under "model",
-        a sha256 digest of it all), loadable with ``weights_only=True``; see :func:`read_checkpoint`."""
+        a sha256 digest of it all), loadable with ``weights_only=True``; see :func:`read_checkpoint`.
+        ``extra_tensors`` (a model file's check images, say) are kept beside the state, under the digest."""
         self.require_fitted()
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        extras = {k: v.detach().cpu() for k, v in (extra_tensors or {}).items()}
         header = {"format": CHECKPOINT_FORMAT, "package_version": __version__, "name": self.name,
                   "config": dataclasses.asdict(self.config)} | ({"model": extra} if extra else {})
-        header["sha256"] = checkpoint_digest(header, state)
+        header["sha256"] = checkpoint_digest(header, state, extras)
         payload = {"header": torch.tensor(list(json.dumps(header).encode()), dtype=torch.uint8)}
-        payload |= {f"state.{k}": v for k, v in state.items()}
+        payload |= {f"state.{k}": v for k, v in state.items()} | {f"extra.{k}": v for k, v in extras.items()}
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
 
-def checkpoint_digest(header: dict, state: dict[str, torch.Tensor]) -> str:
-    """sha256 of the header (without its own digest) and of every tensor's name, type, shape and bytes.
+def checkpoint_digest(header: dict, state: dict[str, torch.Tensor], extras: dict[str, torch.Tensor] | None = None) -> str:
+    """sha256 of the header (without its own digest) and of every tensor's name, type, shape and bytes (the
+    state's, then the extra tensors', named ``extra.NAME``).
 
     It detects a file changed after it was written (an edit, a damaged copy); it is not a signature (whoever
     edits the file can recompute it): safety against malicious files comes from loading tensors only."""
     digest = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode())
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
+    tensors = state | {f"extra.{k}": v for k, v in (extras or {}).items()}
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(header, state) of a file written by ``Detector.save``, refused with one line when it is not one, was
-    written by another version of impeller-bench, or was changed after it was written."""
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(header, state, extra tensors) of a file written by ``Detector.save``, refused with one line when it is
+    not one, was written by another version of impeller-bench, or was changed after it was written."""
     from ..backbones import load_state_dict
 
     payload = load_state_dict(path)
@@ -199,15 +203,16 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
                                  f"{__version__} (format {CHECKPOINT_FORMAT}): train it again with this version",
                                  path)
     state = {k[len("state."):]: v for k, v in payload.items() if k.startswith("state.")}
-    if header.get("sha256") != checkpoint_digest(header, state):
+    extras = {k[len("extra."):]: v for k, v in payload.items() if k.startswith("extra.")}
+    if header.get("sha256") != checkpoint_digest(header, state, extras):
         raise ImpellerBenchError("contents do not match the digest written with them: the file was changed after "
                                  "it was saved, or is damaged; train it again", path)
-    return header, state
+    return header, state, extras
 
 
 def load(path: str | Path, device: str | None = None) -> Detector:
     """A fitted detector from ``save`` (checked by :func:`read_checkpoint`); only tensors are unpickled."""
-    header, state = read_checkpoint(path)
+    header, state, _ = read_checkpoint(path)
     return detector_from_checkpoint(header, state, device, path)
 
 
@@ -230,8 +235,8 @@ def check_state(detector: Detector, state: dict[str, torch.Tensor], path: str | 
                    f"{str(dtype).replace('torch.', '')}"
         fits = tensor.dtype == dtype and tensor.ndim == len(shape)
         for want, size in zip(shape, tensor.shape) if fits else ():
-            if isinstance(want, str):
-                fits = fits and sizes.setdefault(want, size) == size
+            if isinstance(want, str):  # (an empty memory bank fits no detector)
+                fits = fits and size >= 1 and sizes.setdefault(want, size) == size
             else:
                 fits = fits and want == size
         if not fits:

@@ -93,8 +93,12 @@ class PaDiM(ScoredByModule, PretrainedFeatureDetector):
 
     def state_spec(self):
         keep = min(self.config.channels, self.feature_channels())
-        return {"kept_channels": ((keep,), torch.int64), "mean": (("P", keep), torch.float32),
-                "precision": (("P", keep, keep), torch.float32)}  # P: the feature grid's positions
+        with torch.no_grad():  # the feature grid's positions at this input size
+            size = self.config.image_size
+            grid = self.backbone.patch_features(torch.zeros(1, 3, size, size, device=self.device), self.layers, 1)
+        positions = grid.shape[2] * grid.shape[3]
+        return {"kept_channels": ((keep,), torch.int64), "mean": ((positions, keep), torch.float32),
+                "precision": ((positions, keep, keep), torch.float32)}
 
     def load_state_dict(self, state):
         self.kept_channels = state["kept_channels"].to(self.device)
