@@ -374,7 +374,10 @@ class EfficientADScorer(nn.Module):
 
     def teacher_output(self, x01: torch.Tensor) -> torch.Tensor:
         """The teacher's features, normalised per channel with the training images' statistics."""
-        return (self.teacher(normalise(x01)) - self.teacher_mean) / self.teacher_std
+        return self.standardised(self.teacher(normalise(x01)))
+
+    def standardised(self, teacher: torch.Tensor) -> torch.Tensor:
+        return (teacher - self.teacher_mean) / self.teacher_std
 
     def raw_maps(self, x01: torch.Tensor, with_global: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(local, global) N x 1 x t x t maps of the network input (its border already mirrored if covered);
@@ -387,8 +390,7 @@ class EfficientADScorer(nn.Module):
             student = self.student(x).float()
             teacher = self.teacher(x).float()
             reconstruction = self.autoencoder(x).float() if with_global else None
-        teacher = (teacher - self.teacher_mean) / self.teacher_std
-        local = ((teacher - student[:, : self.channels]) ** 2).mean(dim=1, keepdim=True)
+        local = ((self.standardised(teacher) - student[:, : self.channels]) ** 2).mean(dim=1, keepdim=True)
         if not with_global:
             return local, None
         return local, ((reconstruction - student[:, self.channels:]) ** 2).mean(dim=1, keepdim=True)
