@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from impeller_bench.imageio import read_gray, read_mask
-from impeller_bench.sources.supervisely import read as read_supervisely
+from impeller_bench.common.imageio import read_gray, read_mask
+from impeller_bench.data.sources.supervisely import read as read_supervisely
 
 
 def main(argv=None) -> int:

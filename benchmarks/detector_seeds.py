@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from impeller_bench.imageio import atomic_write_bytes
-from impeller_bench.runner import run_method
+from impeller_bench.common.files import atomic_write_bytes
+from impeller_bench.inspection.runner import run_method
 
 
 def summarise(runs: list[dict]) -> str:

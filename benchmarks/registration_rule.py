@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from impeller_bench import grouping, registration
-from impeller_bench.imageio import read_gray
-from impeller_bench.sources import kaggle, supervisely
+from impeller_bench.data import grouping, registration
+from impeller_bench.common.imageio import read_gray
+from impeller_bench.data.sources import kaggle, supervisely
 
 
 def main(argv=None) -> int:

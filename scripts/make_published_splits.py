@@ -35,11 +35,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from impeller_bench import build
-from impeller_bench.audit import audit_dataset
-from impeller_bench.cli import _progress
-from impeller_bench.data import load_dataset
-from impeller_bench.sources.supervisely import DEFAULT_DEFECT_CLASSES
+from impeller_bench.data import build
+from impeller_bench.data.audit import audit_dataset
+from impeller_bench.cli.options import progress_bar
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.data.sources.supervisely import DEFAULT_DEFECT_CLASSES
+from impeller_bench.data import scanning
+from impeller_bench.data import writing
+from impeller_bench.data import selection
 
 ANNOTATIONS = Path(__file__).resolve().parent.parent / "annotations"
 V2_NATIVE_TEST_GOOD = 30  # of the annotated source's 73 usable good photos (in 31 photo groups)
@@ -55,7 +58,7 @@ DIFFERNET_TRAIN_LIST_SHA256 = "ddf6ddb1b4a123d9506a4d25e870ad32e2b845386c55201fc
 
 
 def save_audit(name: str, result: dict) -> None:
-    from impeller_bench.audit import audit_lines
+    from impeller_bench.data.audit import audit_lines
 
     (ANNOTATIONS / "audits").mkdir(exist_ok=True)
     (ANNOTATIONS / "audits" / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
@@ -63,13 +66,13 @@ def save_audit(name: str, result: dict) -> None:
 
 
 def write_audit(name: str, folder: Path) -> None:
-    save_audit(name, audit_dataset(load_dataset(folder), progress=_progress).to_dict())
+    save_audit(name, audit_dataset(load_dataset(folder), progress=progress_bar).to_dict())
 
 
 def publish_built(name: str, tmp: Path, **build_options) -> None:
     """A split made by build-split itself (``build.build_split``: the options a user's rebuild records), and
     its audit from the build."""
-    manifest, report = build.build_split(tmp / name, name=name, progress=_progress, **build_options)
+    manifest, report = build.build_split(tmp / name, name=name, progress=progress_bar, **build_options)
     shutil.copyfile(tmp / name / "manifest.json", ANNOTATIONS / f"{name}.json")
     print(f"wrote annotations/{name}.json: {report['selected']}")
     save_audit(name, report["shortcut_audit"])
@@ -77,14 +80,14 @@ def publish_built(name: str, tmp: Path, **build_options) -> None:
 
 def differnet_overlap(magnetic_tile: str, train_list: Path) -> None:
     """How many of DifferNet's own MTD test goods (its list, by image) share a photo group with its training images."""
-    from impeller_bench.imageio import sha256_file
+    from impeller_bench.common.files import sha256_file
 
     if sha256_file(train_list) != DIFFERNET_TRAIN_LIST_SHA256:
         raise SystemExit(f"{train_list} is not DifferNet's list ({DIFFERNET_TRAIN_LIST})")
     names = set(train_list.read_text().split())
     records, findings = build.read_sources(mtd=[magnetic_tile])
-    scans, more = build.scan(records, _progress)
-    groups = build.group_photos(records, scans, progress=_progress)
+    scans, more = scanning.scan(records, progress_bar)
+    groups = scanning.group_photos(records, scans, progress=progress_bar)
     goods = [i for i, r in enumerate(records) if r.label == "good"]
     trained = {int(groups.group_of[i]) for i in goods if records[i].path.name in names}
     tested = [i for i in goods if records[i].path.name not in names]
@@ -95,8 +98,8 @@ def differnet_overlap(magnetic_tile: str, train_list: Path) -> None:
 
 def write(name: str, records, plan, tmp: Path, **options) -> None:
     out = tmp / name
-    build.write_dataset(out, records, plan, name=name, size=256, defect_classes=DEFAULT_DEFECT_CLASSES,
-                        progress=_progress, **options)
+    writing.write_dataset(out, records, plan, name=name, size=256, defect_classes=DEFAULT_DEFECT_CLASSES,
+                        progress=progress_bar, **options)
     shutil.copyfile(out / "manifest.json", ANNOTATIONS / f"{name}.json")
     print(f"wrote annotations/{name}.json")
     if name in AUDITED:
@@ -108,28 +111,28 @@ def main(supervisely: str, kaggle: str, magnetic_tile: str, only=()) -> None:
         tmp = Path(tmp)
         if not only or "impeller-v2-localization" in only:
             publish_built("impeller-v2-localization", tmp, supervisely=[supervisely],
-                          counts=build.Counts(None, 0, None), balance=False, size=256)
+                          counts=scanning.Counts(None, 0, None), balance=False, size=256)
         if not only or "mtd" in only:
             publish_built("mtd", tmp, mtd=[magnetic_tile], test_good_share=MTD_TEST_GOOD_SHARE, size="native")
         if only and not {"impeller-v2-native", "impeller-v1"} & set(only):
             return
         # impeller-v2-native: the annotated photos alone.
         records, findings = build.read_sources([supervisely])
-        scans, more = build.scan(records, _progress)
-        usable = build.eligible(records, scans, findings + more)
-        groups = build.group_photos(records, scans, progress=_progress)
-        plan = build.plan_split(records, scans, groups, usable, build.Counts(None, V2_NATIVE_TEST_GOOD, None), seed=0)
-        plan = build.balance_test_defects(records, plan, 256, None, _progress)
+        scans, more = scanning.scan(records, progress_bar)
+        usable = selection.eligible(records, scans, findings + more)
+        groups = scanning.group_photos(records, scans, progress=progress_bar)
+        plan = selection.plan_split(records, scans, groups, usable, scanning.Counts(None, V2_NATIVE_TEST_GOOD, None), seed=0)
+        plan = selection.balance_test_defects(records, plan, 256, None, progress_bar)
         print("matching:", plan.notes["matching"])
         write("impeller-v2-native", records, plan, tmp, options=V2_OPTIONS)
 
         # impeller-v1 (deprecated), exactly as it was made.
         records, findings = build.read_sources([supervisely], [kaggle])
-        scans, more = build.scan(records, _progress)
-        usable = build.eligible(records, scans, findings + more)
-        groups = build.group_photos(records, scans, register=False, progress=_progress)
-        plan = build.plan_split(records, scans, groups, usable, build.Counts(400, 100, 100), seed=0)
-        image_plan = build.plan_image_level(records, groups, usable, plan, Path(kaggle).name, "test/")
+        scans, more = scanning.scan(records, progress_bar)
+        usable = selection.eligible(records, scans, findings + more)
+        groups = scanning.group_photos(records, scans, register=False, progress=progress_bar)
+        plan = selection.plan_split(records, scans, groups, usable, scanning.Counts(400, 100, 100), seed=0)
+        image_plan = selection.plan_image_level(records, groups, usable, plan, Path(kaggle).name, "test/")
         print(f"Kaggle test images sharing a photo group with the training images: "
               f"{image_plan.notes['test_images_sharing_a_group_with_train']} of "
               f"{sum(s.split == 'test' for s in image_plan.selected)}")

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from impeller_bench.data import scanning
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("IMPELLER_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -53,7 +54,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
-    from impeller_bench.synth import write_synthetic
+    from impeller_bench.data.synth import write_synthetic
 
     out = tmp_path_factory.mktemp("synthetic") / "dataset"
     write_synthetic(out, train_good=12, test_good=6, test_defect=8, size=128, seed=3)
@@ -64,11 +65,11 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 def both_scanned(shared_data):
     """Records, findings, scans and photo groups of both shared sources, grouped as impeller-v1 was
     (fingerprints only; about a minute and a half: every image fingerprinted once)."""
-    from impeller_bench import build
+    from impeller_bench.data import build
 
     records, findings = build.read_sources(supervisely=[SUPERVISELY], kaggle=[KAGGLE])
-    scans, scan_findings = build.scan(records)
-    groups = build.group_photos(records, scans, register=False)
+    scans, scan_findings = scanning.scan(records)
+    groups = scanning.group_photos(records, scans, register=False)
     return records, findings + scan_findings, scans, groups
 
 
@@ -78,7 +79,7 @@ def draw_impellers():
     test images with the good ones first, test masks); one defect image per entry of defect_kinds."""
     import numpy as np
 
-    from impeller_bench import synth
+    from impeller_bench.data import synth
 
     def draw(seed, size, train_good, test_good, defect_kinds):
         def one(key, k, defects=()):

@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from impeller_bench import detectors
 from impeller_bench.detectors.ast import FlowTeacher, positional_encoding
-from impeller_bench.errors import ImpellerBenchError
+from impeller_bench.common.errors import ImpellerBenchError
 
 SIZE = 256
 # A small student and few steps keep this quick; measured on this set: pixel AUROC 0.956.

@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from impeller_bench import audit, synth
-from impeller_bench.audit import TEST_DEFECT, TEST_GOOD, TRAIN_GOOD, AuditImage, audit_images, grouped_auroc, source_mix
+from impeller_bench.data import audit, synth
+from impeller_bench.data.audit import TEST_DEFECT, TEST_GOOD, TRAIN_GOOD, audit_images, source_mix
+from impeller_bench.data.audit_measures import AuditImage, grouped_auroc
+from impeller_bench.data import audit_measures
 
 SIZE = 128
 
@@ -110,7 +112,7 @@ def test_grouped_auroc_resamples_groups_and_refuses_single_groups():
 
 
 def test_audit_dataset_reads_a_written_split_and_its_result_is_json(synthetic_dataset):
-    from impeller_bench.data import load_dataset
+    from impeller_bench.data.dataset import load_dataset
 
     result = audit.audit_dataset(load_dataset(synthetic_dataset), features=False)
     again = audit.audit_dataset(load_dataset(synthetic_dataset), features=False)
@@ -127,4 +129,4 @@ def test_defect_regions_are_widened_by_the_disc_dilation_they_stand_for():
         radius = int(rng.integers(1, 9))
         yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
         disc = yy * yy + xx * xx <= radius * radius
-        np.testing.assert_array_equal(audit.within_distance(mask, radius), ndi.binary_dilation(mask, structure=disc))
+        np.testing.assert_array_equal(audit_measures.within_distance(mask, radius), ndi.binary_dilation(mask, structure=disc))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from skimage import data
 
-from impeller_bench import backbones
-from impeller_bench.errors import ImpellerBenchError
+from impeller_bench.common import backbones
+from impeller_bench.common.errors import ImpellerBenchError
 
 CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

@@ -6,9 +6,9 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from impeller_bench import detectors
-from impeller_bench.data import load_dataset
+from impeller_bench.data.dataset import load_dataset
 from impeller_bench.detectors.neighbours import greedy_coreset, nearest
-from impeller_bench.errors import ImpellerBenchError
+from impeller_bench.common.errors import ImpellerBenchError
 
 BASELINES = ["patchcore", "padim", "spade"]
 # SPADE searches the pixels of its k nearest training images; 5 instead of 50 keeps these tests quick.
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
 
 @pytest.fixture(scope="module")
 def impellers(tmp_path_factory):
-    from impeller_bench.synth import write_synthetic
+    from impeller_bench.data.synth import write_synthetic
 
     out = tmp_path_factory.mktemp("baselines") / "dataset"
     write_synthetic(out, train_good=20, test_good=10, test_defect=10, size=256, seed=5)
@@ -172,7 +172,7 @@ def test_memory_size_counts_what_a_fit_keeps_of_its_training_images(fitted, impe
 
 
 def test_scoring_in_chunks_reports_progress_and_equals_one_call(fitted, impellers):
-    from impeller_bench.runner import SCORING_CHUNK, score_in_chunks
+    from impeller_bench.inspection.runner import SCORING_CHUNK, score_in_chunks
 
     name, detector, scores, maps = fitted
     _, test, _, _ = impellers

@@ -7,11 +7,15 @@ import pytest
 
 from click.testing import CliRunner
 
-from impeller_bench import build
+from impeller_bench.data import build
 from impeller_bench.cli import main
-from impeller_bench.data import load_dataset
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.imageio import encode_png, read_gray, read_mask, sha256_file
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.common.imageio import encode_png, read_gray, read_mask
+from impeller_bench.common.files import sha256_file
+from impeller_bench.data import scanning
+from impeller_bench.data import writing
+from impeller_bench.data import selection
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +35,16 @@ def source_with_copies(synthetic_dataset, tmp_path_factory):
 def grouped(source_with_copies):
     """Records, scans, photo groups (fingerprints and registration) and usable flags of the source."""
     records, findings = build.read_sources(mvtec=[source_with_copies])
-    scans, more = build.scan(records)
-    return records, scans, build.group_photos(records, scans), build.eligible(records, scans, findings + more)
+    scans, more = scanning.scan(records)
+    return records, scans, scanning.group_photos(records, scans), selection.eligible(records, scans, findings + more)
 
 
 def plan_for(grouped, counts, seed):
     records, scans, groups, usable = grouped
-    return records, groups, build.plan_split(records, scans, groups, usable, counts, seed)
+    return records, groups, selection.plan_split(records, scans, groups, usable, counts, seed)
 
 
-COUNTS = build.Counts(train_good=10, test_good=5, test_defect=5)
+COUNTS = scanning.Counts(train_good=10, test_good=5, test_defect=5)
 # Options for builds whose subject is not the photo grouping's registration nor the shortcut audit.
 FAST = {"register": False, "audit": False, "balance": False}
 
@@ -102,7 +106,7 @@ def test_native_size_copies_the_source_bytes(source_with_copies, tmp_path):
 def test_too_few_images_stops_with_the_counts_and_writes_nothing(source_with_copies, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ImpellerBenchError) as info:
-        build.build_split(out, mvtec=[source_with_copies], counts=build.Counts(400, 100, 100), size=64, **FAST)
+        build.build_split(out, mvtec=[source_with_copies], counts=scanning.Counts(400, 100, 100), size=64, **FAST)
     message = str(info.value)
     assert "asked for 400 train good, 100 test good, 100 test defect" in message
     assert "8 defect images with masks" in message and "Nothing was written" in message
@@ -111,7 +115,7 @@ def test_too_few_images_stops_with_the_counts_and_writes_nothing(source_with_cop
 
 def test_interrupted_write_leaves_nothing(source_with_copies, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = build.render
+    real = writing.render
 
     def failing(*args):
         calls["n"] += 1
@@ -119,7 +123,7 @@ def test_interrupted_write_leaves_nothing(source_with_copies, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(build, "render", failing)
+    monkeypatch.setattr(writing, "render", failing)
     with pytest.raises(KeyboardInterrupt):
         build.build_split(tmp_path / "x", mvtec=[source_with_copies], counts=COUNTS, size=64, **FAST)
     assert list(tmp_path.iterdir()) == []
@@ -164,7 +168,7 @@ def test_plan_is_spread_over_brightness(grouped):
 
 
 def test_region_classes_follow_the_class_masks():
-    from impeller_bench.build import region_classes
+    from impeller_bench.data.writing import region_classes
 
     mask = np.zeros((8, 8), bool)
     hole, chip = mask.copy(), mask.copy()

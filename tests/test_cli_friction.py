@@ -12,13 +12,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from impeller_bench import detectors, synth
+from impeller_bench import detectors
+from impeller_bench.data import synth
 from impeller_bench.cli import main
 from impeller_bench.detectors.base import parse_device
-from impeller_bench.download import fetch
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.imageio import atomic_write_bytes, staged_directory
-from impeller_bench.progress import format_seconds, report_lines
+from impeller_bench.data.download import fetch
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.common.files import atomic_write_bytes, staged_directory
+from impeller_bench.common.progress import format_seconds, report_lines
 
 from conftest import REPO
 
@@ -70,7 +71,8 @@ def test_a_training_loop_reports_step_loss_rate_and_time_left():
 
 def test_run_ends_with_wall_time_and_time_per_test_image(monkeypatch):
     """The CLI (stderr not a terminal under CliRunner) writes progress lines, and the run's last line its times."""
-    from impeller_bench import evaluate, runner
+    from impeller_bench.evaluation import evaluate
+    from impeller_bench.inspection import runner
 
     def fake_run(method, dataset_dir, out, profile, steps, seed, device, overwrite, progress, **options):
         for _ in progress(range(3), "training", lambda: "loss 0.500  2.00 steps/s"):
@@ -103,7 +105,8 @@ def no_cuda(monkeypatch):
 @pytest.fixture
 def no_work(monkeypatch):
     """Commands that must stop at their options: any real work fails the test."""
-    from impeller_bench import distill, latency, runner
+    from impeller_bench.detectors.efficientad import distill
+    from impeller_bench.inspection import latency, runner
 
     def work(*args, **kwargs):
         raise AssertionError("the command started its work")
@@ -206,7 +209,7 @@ STAGED_THEN_WAITS = """
 import sys, time
 import click
 from impeller_bench.cli import _Group
-from impeller_bench.imageio import staged_directory
+from impeller_bench.common.files import staged_directory
 
 @click.group(cls=_Group)
 def group():

@@ -9,15 +9,17 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SUPERVISELY, needs_shared_data
-from impeller_bench import detectors, submission
+from impeller_bench import detectors
+from impeller_bench.leaderboard import submission
 from impeller_bench.cli import main
-from impeller_bench.data import load_dataset
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.evaluate import evaluate
-from impeller_bench.imageio import encode_png, read_image
-from impeller_bench.predictions import load_predictions, write_predictions
-from impeller_bench.synth import write_synthetic
-from impeller_bench.validate import require_valid, validate
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.evaluation.evaluate import evaluate
+from impeller_bench.common.imageio import encode_png, read_image
+from impeller_bench.evaluation.predictions import load_predictions, write_predictions
+from impeller_bench.data.synth import write_synthetic
+from impeller_bench.data.validate import require_valid, validate
+from impeller_bench.leaderboard import checks
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +157,7 @@ def test_a_corrupt_mask_is_refused_by_validate_evaluate_run_and_the_leaderboard_
     submission.package_submission(load_predictions(noise_predictions(data_root / name, tmp_path / "run0")), entry,
                                   published, authors=["tests"], code="tests", version="test", hardware="CI",
                                   command="impeller-bench run noise", bootstrap_samples=5)
-    assert submission.validate_submission(entry, data_root, annotations).ok  # sound before the damage
+    assert checks.validate_submission(entry, data_root, annotations).ok  # sound before the damage
     predictions = noise_predictions(dataset, tmp_path / "pred")
 
     for root in (dataset, data_root / name):
@@ -169,7 +171,7 @@ def test_a_corrupt_mask_is_refused_by_validate_evaluate_run_and_the_leaderboard_
     assert error_line(cli("evaluate", predictions)).startswith(f"error: dataset {dataset} {cause}")
     assert error_line(cli("run", "padim", "--dataset", dataset, "--out", tmp_path / "run")).startswith(
         f"error: dataset {dataset} {cause}")
-    check = submission.validate_submission(entry, data_root, annotations)
+    check = checks.validate_submission(entry, data_root, annotations)
     assert len(check.problems) == 1 and check.problems[0].startswith(f"dataset {data_root / name} {cause}")
     with pytest.raises(ImpellerBenchError, match="unreadable-mask"):
         require_valid(dataset)

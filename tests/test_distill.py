@@ -7,9 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from impeller_bench import detectors, distill
+from impeller_bench import detectors
+from impeller_bench.detectors.efficientad import distill
 from impeller_bench.cli import main
-from impeller_bench.errors import ImpellerBenchError
+from impeller_bench.common.errors import ImpellerBenchError
 
 TINY_RECIPE = {"image_size": 64, "crop": 48, "steps": 3, "batch_size": 2, "precision": "float32", "synthetic_images": 2}
 
@@ -41,7 +42,9 @@ def distillations(monkeypatch):
 
 
 def test_free_images_read_no_dataset_and_are_not_a_datasets_images(monkeypatch, tiny):
-    from impeller_bench import data, imageio, runner, synth
+    from impeller_bench.data import dataset as data, synth
+    from impeller_bench.common import imageio
+    from impeller_bench.inspection import runner
 
     def refuse(*args, **kwargs):
         raise AssertionError("free_images read a dataset or an image file")
@@ -79,7 +82,7 @@ def test_cached_teacher_distils_once_per_backbone_recipe_and_seed(monkeypatch, t
 
 
 def test_backbones_distil_at_least_384_channels():
-    from impeller_bench.backbones import BACKBONES
+    from impeller_bench.common.backbones import BACKBONES
 
     for name, stages in distill.DISTILL_STAGES.items():
         with torch.device("meta"):  # shapes only: no weights, no arithmetic
@@ -156,7 +159,7 @@ def test_distill_teacher_command_uses_free_images_and_has_no_dataset_option(tiny
 
 def test_run_with_a_distilled_teacher_distils_it_first_with_progress(tiny, synthetic_dataset, tmp_path):
     """First use on a machine: the teacher is distilled (progress shown) before the fit, then taken from the cache."""
-    from impeller_bench.runner import run_method
+    from impeller_bench.inspection.runner import run_method
 
     labels = []
 

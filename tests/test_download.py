@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from impeller_bench import download
+from impeller_bench.data import download
 from impeller_bench.cli import main
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.imageio import sha256_file
-from impeller_bench.sources.references import KNOWN_SOURCES
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.common.files import sha256_file
+from impeller_bench.data.sources.references import KNOWN_SOURCES
 
 from conftest import KAGGLE, MAGNETIC_TILE, REPO, SUPERVISELY, needs_shared_data
 
@@ -81,7 +81,7 @@ def test_magnetic_tile_defects_download_from_their_pinned_commit(tmp_path, monke
     monkeypatch.setattr(download, "fetch", lambda url, dest: fetched.append(url) or Path(archive))
     receipt = download.download_source("magnetic-tile", tmp_path / "to", ANNOTATIONS, say=lambda text: None)
     assert fetched == [reference["archive"]] and receipt["files"] == 2688
-    from impeller_bench.sources import detect_kind
+    from impeller_bench.data.sources import detect_kind
 
     assert detect_kind(tmp_path / "to" / "magnetic-tile") == "mtd"
     assert sha256_file(tmp_path / "to" / "magnetic-tile" / "MT_Free/Imgs/exp1_num_10181.jpg") == \

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from impeller_bench import detectors, synth
-from impeller_bench.detectors.efficientad import AutoEncoder, TransposedDecoder, pdn, teacher_size
-from impeller_bench.errors import ImpellerBenchError
+from impeller_bench import detectors
+from impeller_bench.data import synth
+from impeller_bench.detectors.efficientad.networks import AutoEncoder, TransposedDecoder, pdn, teacher_size
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.detectors.efficientad import training
 
 # Same model on every machine: CPU, precision float32 (never "auto", which picks bfloat16 where it measures
 # faster), a fixed thread count (conftest.fixed_torch_threads).
@@ -153,7 +155,7 @@ def test_latency_command_reports_median_and_p90(tmp_path):
 
 
 def test_methods_timed_together_are_timed_in_turn():
-    from impeller_bench.latency import time_interleaved
+    from impeller_bench.inspection.latency import time_interleaved
 
     calls = []
     scorers = [lambda images, name=name: calls.append(name) for name in "abc"]
@@ -166,7 +168,7 @@ def test_methods_timed_together_are_timed_in_turn():
 
 
 def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(monkeypatch):
-    from impeller_bench import latency
+    from impeller_bench.inspection import latency
 
     built = []
     create = detectors.create
@@ -198,7 +200,7 @@ def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(m
 def test_distilled_teacher_loads_into_the_detector(tmp_path):
     import json
 
-    from impeller_bench.distill import distill_teacher, sample_photos
+    from impeller_bench.detectors.efficientad.distill import distill_teacher, sample_photos
 
     photos = sample_photos()
     assert len(photos) >= 5  # offline images exist
@@ -213,7 +215,7 @@ def test_distilled_teacher_loads_into_the_detector(tmp_path):
 
 
 def test_published_teacher_layouts_are_mapped(tmp_path):
-    from impeller_bench.detectors.efficientad import teacher_state_from_file
+    from impeller_bench.detectors.efficientad.teachers import teacher_state_from_file
 
     reference = pdn(384, "small").state_dict()
     anomalib_layout = {}
@@ -256,8 +258,8 @@ def test_bfloat16_training_is_recorded_and_repeatable():
 
 
 def test_distillation_targets_from_fit_equal_fresh_ones():
-    from impeller_bench.backbones import images01
-    from impeller_bench.distill import FeatureTarget, sample_photos
+    from impeller_bench.common.backbones import images01
+    from impeller_bench.detectors.efficientad.distill import FeatureTarget, sample_photos
 
     data = images01(sample_photos()[:5], 64)
     target = FeatureTarget(64, torch.device("cpu"))
@@ -421,7 +423,7 @@ def test_bfloat16_scoring_runs_the_networks_in_bfloat16_and_stays_close(trained,
     ([1.0, 1.5] * 20, 0.1, None, None),  # worse and better by turns: without the plateau rule, never stopped
 ])
 def test_early_stopping_on_held_out_distances(monkeypatch, distances, stop_distance, plateau, stopped_at):
-    from impeller_bench.detectors.efficientad import EarlyStop
+    from impeller_bench.detectors.efficientad.training import EarlyStop
 
     scripted = iter(distances)
     monkeypatch.setattr(EarlyStop, "distance", lambda self: next(scripted))
@@ -454,7 +456,7 @@ def test_early_stopping_distance_is_the_held_out_student_teacher_distance():
     detector = detectors.create("ours", image_size=64, steps=4, batch_size=2, seed=0, device="cpu", precision="float32",
                                 stop_check_every=2)
     detector.fit(synthetic_images("train", "good", 4, size=64))
-    from impeller_bench.detectors.efficientad import EarlyStop
+    from impeller_bench.detectors.efficientad.training import EarlyStop
 
     validation = detector._batch01(synthetic_images("train", "good", 4, size=64))[detector.validation_indices]
     local, _ = detector._raw_maps(validation)  # channel mean of (T - S)^2 per cell
@@ -477,7 +479,7 @@ def test_unknown_teacher_and_feature_teacher_options_are_refused(tmp_path):
 
 
 def test_auto_precision_is_the_measured_faster_one():
-    from impeller_bench.detectors.efficientad import fastest_precision
+    from impeller_bench.detectors.efficientad.training import fastest_precision
 
     choice = fastest_precision(torch.device("cpu"))
     assert choice in ("float32", "bfloat16") and fastest_precision(torch.device("cpu")) == choice  # measured once
@@ -486,11 +488,9 @@ def test_auto_precision_is_the_measured_faster_one():
 
 def test_auto_precision_is_measured_inside_a_no_grad_pass_too(monkeypatch):
     """A distilled teacher made on first use measures the precision inside the detector's no_grad teacher pass."""
-    from impeller_bench.detectors import efficientad
-
-    monkeypatch.setattr(efficientad, "_FASTEST_PRECISION", {})
+    monkeypatch.setattr(training, "_FASTEST_PRECISION", {})
     with torch.no_grad():
-        assert efficientad.fastest_precision(torch.device("cpu")) in ("float32", "bfloat16")
+        assert training.fastest_precision(torch.device("cpu")) in ("float32", "bfloat16")
 
 
 def test_the_quick_profile_detects_where_a_random_teacher_does_not(tmp_path):
@@ -501,8 +501,8 @@ def test_the_quick_profile_detects_where_a_random_teacher_does_not(tmp_path):
     0.792 with the combined map (this short fit; the built-in default's full quick profile reaches 0.95 / 0.98,
     README), 0.917 / pixel AUROC 0.973 with the local map (the issue-13 bar, 0.80 / 0.90); the random teacher
     0.569 and 0.684 with the local map (the student copies it, defects included)."""
-    from impeller_bench.evaluate import EvaluationInputs, point_metrics
-    from impeller_bench.metrics import PixelSet
+    from impeller_bench.evaluation.evaluate import EvaluationInputs, point_metrics
+    from impeller_bench.common.metrics import PixelSet
 
     train = synthetic_images("train", "good", 24)
     test = [synth.generate("test", label, k, 0, 128) for label in ("good", "defect") for k in range(12)]

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from impeller_bench import build
-from impeller_bench.data import load_dataset
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.imageio import encode_png, read_gray, read_image, read_mask
-from impeller_bench.synth import write_synthetic
+from impeller_bench.data import build
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.common.imageio import encode_png, read_gray, read_image, read_mask
+from impeller_bench.data.synth import write_synthetic
+from impeller_bench.data import scanning
 
 # A non-square, smooth grey picture (smooth so that JPEG keeps it within a few levels), and a mask.
 PICTURE = (np.add.outer(np.arange(8) * 12, np.arange(16) * 9) + 20).astype(np.uint8)  # 8 x 16, 20..239
@@ -215,7 +216,7 @@ def test_refused_source_image_is_a_scan_finding(tmp_path):
     write_synthetic(root, train_good=2, test_good=1, test_defect=0, size=32, seed=0)
     rgba(np.full((32, 32), 90, np.uint8), np.full((32, 32), 0, np.uint8)).save(root / "train" / "good" / "clear.png")
     records, findings = build.read_sources(mvtec=[root])
-    _, scan_findings = build.scan(records)
+    _, scan_findings = scanning.scan(records)
     (finding,) = [f for f in scan_findings if f.path.endswith("clear.png")]
     assert finding.code == "unreadable-image" and "1024 of 1024 pixels are transparent" in finding.message
 
@@ -245,7 +246,7 @@ def turned_jpeg_source(tmp_path_factory):
 
 @pytest.mark.parametrize("size", ["native", 32])
 def test_exif_turned_defect_jpeg_is_built_upright(turned_jpeg_source, tmp_path, size):
-    build.build_split(tmp_path / "built", mvtec=[turned_jpeg_source], counts=build.Counts(4, 2, 1), size=size, seed=0,
+    build.build_split(tmp_path / "built", mvtec=[turned_jpeg_source], counts=scanning.Counts(4, 2, 1), size=size, seed=0,
                       register=False, audit=False, balance=False)
     (defect,) = [s for s in load_dataset(tmp_path / "built").test if s.is_defect]
     image, mask = defect.load_image(), defect.load_mask()

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from impeller_bench import metrics
+from impeller_bench.common import metrics
 from impeller_bench.cli import main
-from impeller_bench.data import load_dataset
-from impeller_bench.evaluate import compare, evaluate, resize_map
-from impeller_bench.imageio import encode_png, sha256_file
-from impeller_bench.predictions import load_predictions, write_predictions
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.evaluation.evaluate import compare, evaluate, resize_map
+from impeller_bench.common.imageio import encode_png
+from impeller_bench.common.files import sha256_file
+from impeller_bench.evaluation.predictions import load_predictions, write_predictions
 
 
 def noisy_predictions(dataset, out, seed=0, noise=0.6, scale=1, **meta):
@@ -188,16 +189,18 @@ def test_cli_writes_metrics_json_and_plots(dataset, tmp_path):
     assert compared.exit_code == 0 and "no clear difference" in compared.output
 
 
-def test_metrics_evaluate_takes_paths(dataset, tmp_path):
+def test_the_evaluator_takes_paths(dataset, tmp_path):
+    import impeller_bench
+
     pred = noisy_predictions(dataset, tmp_path / "p")
-    by_path = metrics.evaluate(dataset.root, pred)
+    by_path = impeller_bench.evaluate(dataset.root, pred)["metrics"]
     assert by_path == evaluate(dataset, load_predictions(pred))["metrics"]
 
 
 def test_breakdown_by_source_of_the_good_images():
     from sklearn.metrics import roc_auc_score
 
-    from impeller_bench.evaluate import EvaluationInputs, breakdown
+    from impeller_bench.evaluation.evaluate import EvaluationInputs, breakdown
 
     rng = np.random.default_rng(3)
     labels = np.array([1] * 6 + [0] * 8, bool)
@@ -216,7 +219,7 @@ def test_breakdown_by_source_of_the_good_images():
 
 def test_group_bootstrap_resamples_whole_photo_groups():
     """Two identical copies per photo, resampled by group, give exactly the image bootstrap of one copy each."""
-    from impeller_bench.evaluate import EvaluationInputs, bootstrap
+    from impeller_bench.evaluation.evaluate import EvaluationInputs, bootstrap
 
     rng = np.random.default_rng(4)
     labels = np.array([0] * 7 + [1] * 9, bool)

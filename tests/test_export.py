@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 from scipy import ndimage as ndi
 
-from impeller_bench import detectors, synth
-from impeller_bench.backbones import images01
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.export import check_export, export_onnx, exportable_methods, onnx_scorer
+from impeller_bench import detectors
+from impeller_bench.data import synth
+from impeller_bench.common.backbones import images01
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.inspection.export import check_export, export_onnx, exportable_methods, onnx_scorer
 
 # Tiny fitted detectors, float32 on the CPU. PaDiM keeps 6 channels so that 8 training images give a full-rank
 # covariance: map values of a few units, like a real fit's (100 channels of 8 images: values near 600, where
@@ -170,7 +171,7 @@ def test_gaussian_blur_module_is_scipys_filter():
 
 def test_patchcore_batched_image_score_is_the_per_image_equation(export_of):
     """Eq. 7 over a batch with gathers (the exportable form) equals the per-image computation with cdist."""
-    from impeller_bench.backbones import normalise
+    from impeller_bench.common.backbones import normalise
     from impeller_bench.detectors.neighbours import nearest
 
     _, detector, test, scores, _, _ = export_of("patchcore")
@@ -187,7 +188,7 @@ def test_patchcore_batched_image_score_is_the_per_image_equation(export_of):
 
 
 def test_latency_through_onnx_runtime_records_the_runtime():
-    from impeller_bench.latency import measure_latency
+    from impeller_bench.inspection.latency import measure_latency
 
     timed = measure_latency("patchcore", device="cpu", runs=2, warmup=1, image_size=64, onnx=True)
     assert timed["runtime"] == "onnxruntime" and timed["device"] == "cpu" and timed["median_ms"] > 0

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from impeller_bench import grouping, synth
+from impeller_bench.data import grouping, synth
 from conftest import SUPERVISELY, needs_shared_data
 
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.imageio import encode_png, read_gray, read_mask, resize_mask_area, staged_directory
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.common.imageio import encode_png, read_gray, read_mask, resize_mask_area
+from impeller_bench.common.files import staged_directory
 
 
 def brute_force_half_area_rule(mask: np.ndarray, size: int) -> np.ndarray:
@@ -82,7 +83,7 @@ def test_staged_directory_refuses_to_clobber(tmp_path):
 
 
 def test_image_resize_is_the_area_mean():
-    from impeller_bench.imageio import resize_area
+    from impeller_bench.common.imageio import resize_area
 
     image = np.random.default_rng(1).integers(0, 256, (300, 300)).astype(np.uint8)
     out = resize_area(image, 256)

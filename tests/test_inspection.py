@@ -14,12 +14,15 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from impeller_bench import detectors, inspection, load_model
+from impeller_bench import detectors, load_model
+from impeller_bench.inspection import model as inspection
 from impeller_bench.cli import main
-from impeller_bench.data import load_dataset
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.predictions import load_predictions
-from impeller_bench.runner import run_method, train_model
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.evaluation.predictions import load_predictions
+from impeller_bench.inspection.runner import run_method, train_model
+from impeller_bench.inspection import predict
+from impeller_bench.inspection import calibration as calibrating
 
 pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
 
@@ -35,7 +38,7 @@ def test_threshold_for_rate_is_the_smallest_value_with_at_most_the_rate_above(se
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 6, rng.integers(1, 40)).astype(float)  # many ties
     rate = float(rng.choice([0.0, 0.01, 0.1, 0.25, 0.5, 0.9]))
-    threshold = inspection.threshold_for_rate(values, rate)
+    threshold = calibrating.threshold_for_rate(values, rate)
     allowed = math.floor(rate * len(values))
     admissible = [v for v in np.unique(values) if (values > v).sum() <= allowed]
     assert threshold == min(admissible)
@@ -43,18 +46,18 @@ def test_threshold_for_rate_is_the_smallest_value_with_at_most_the_rate_above(se
 
 def test_threshold_for_rate_refuses_nan_and_bad_rates():
     with pytest.raises(ImpellerBenchError, match="finite"):
-        inspection.threshold_for_rate([1.0, float("nan")], 0.01)
+        calibrating.threshold_for_rate([1.0, float("nan")], 0.01)
     with pytest.raises(ImpellerBenchError, match="not in"):
-        inspection.threshold_for_rate([1.0, 2.0], 1.0)
+        calibrating.threshold_for_rate([1.0, 2.0], 1.0)
 
 
 def test_decision_report_counts_by_definition():
-    calibration = inspection.Calibration(0.5, 0.5, 0.0, 0.01, 0.001, 4, "test")
+    calibration = calibrating.Calibration(0.5, 0.5, 0.0, 0.01, 0.001, 4, "test")
     labels = np.array([0, 0, 0, 0, 1, 1, 1], bool)
     scores = np.array([0.1, 0.6, 0.5, 0.2, 0.7, 0.5, 0.9])
     masks = [np.zeros((2, 2), bool)] * 4 + [np.array([[1, 0], [0, 0]], bool)] * 3
     maps = [np.full((2, 2), 0.6)] + [np.zeros((2, 2))] * 3 + [np.array([[0.9, 0.9], [0.0, 0.0]])] * 3
-    report = inspection.decision_report(calibration, labels, scores, masks, maps)
+    report = calibrating.decision_report(calibration, labels, scores, masks, maps)
     assert report["calibrated"]["false_alarm_rate"] == 1 / 4  # 0.6 only: 0.5 is not above 0.5
     assert report["calibrated"]["recall"] == 2 / 3
     assert report["calibrated"]["precision"] == 2 / 3
@@ -94,7 +97,7 @@ def test_model_file_holds_thresholds_and_provenance(trained, synthetic_dataset):
     assert model.info["manifest_sha256"] == dataset.manifest_sha256
     assert model.info["input_size"] == 64
     assert model.info["description"]["backbone"]
-    assert model.calibration.false_alarm_rate == inspection.DEFAULT_FALSE_ALARM_RATE
+    assert model.calibration.false_alarm_rate == calibrating.DEFAULT_FALSE_ALARM_RATE
     # 12 training images, each its own photo group: a seeded 20% (2) held out, scored by a copy fitted on 10.
     assert model.calibration.images == 2 and "photo group(s) held out" in model.calibration.source
     assert "other 10" in model.calibration.source
@@ -112,7 +115,7 @@ def test_detector_validation_images_calibrate_efficientad(draw_impellers):
     detector = detectors.create("ours", device="cpu", image_size=64, steps=2, precision="float32",
                                 validation_fraction=0.3)
     detector.fit(train)
-    calibration = inspection.calibrate(detector, train)
+    calibration = calibrating.calibrate(detector, train)
     assert calibration.images == len(detector.validation_indices) == 3
     assert "validation images" in calibration.source
     scores, _ = detector.score_images([train[i] for i in detector.validation_indices])
@@ -123,10 +126,10 @@ def test_photo_groups_are_held_out_whole(draw_impellers):
     train, _, _ = draw_impellers(1, 64, 12, 1, ["holes"])
     detector = detectors.create("padim", device="cpu", image_size=64).fit(train)
     groups = [k // 3 for k in range(12)]  # four photos, three variants each
-    calibration = inspection.calibrate(detector, train, groups=groups, seed=4)
+    calibration = calibrating.calibrate(detector, train, groups=groups, seed=4)
     # About 20% of 12 images: one whole group of 3 (never a part of one), scored by a copy fitted on 9.
     assert calibration.images == 3 and "from 1 photo group(s)" in calibration.source and "other 9" in calibration.source
-    assert inspection.calibrate(detector, train, groups=groups, seed=4) == calibration  # seeded
+    assert calibrating.calibrate(detector, train, groups=groups, seed=4) == calibration  # seeded
 
 
 def test_existing_model_file_is_refused_before_training(synthetic_dataset, tmp_path, monkeypatch):
@@ -307,7 +310,7 @@ def test_input_files_walks_folders_and_keeps_output_names_apart(tmp_path):
     for name in ("x/p.png", "x/p.jpg", "x/sub/q.tif", "x/readme.md"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    files = inspection.input_files([tmp_path / "x", tmp_path / "x", tmp_path / "x" / "p.png"])
+    files = predict.input_files([tmp_path / "x", tmp_path / "x", tmp_path / "x" / "p.png"])
     names = [str(name) for _, name in files]
     assert len(set(names)) == len(names) == 3  # each file once, however often it is reached
     assert sorted(Path(p).name for p, _ in files) == ["p.jpg", "p.png", "q.tif"]
@@ -343,7 +346,7 @@ def test_predict_with_no_readable_file_or_a_nan_threshold_writes_nothing(trained
 
 
 def test_export_never_replaces_a_file_with_an_unchecked_graph(trained, tmp_path, monkeypatch):
-    from impeller_bench import export
+    from impeller_bench.inspection import export
 
     model_file, out = str(trained[0] / "train.model"), tmp_path / "m.onnx"
     out.write_bytes(b"previous")
@@ -360,11 +363,11 @@ def test_export_never_replaces_a_file_with_an_unchecked_graph(trained, tmp_path,
 
 
 def test_overlay_scale_is_fixed_by_the_calibration():
-    calibration = inspection.Calibration(1.0, 2.0, 0.0, 0.01, 0.001, 3, "test")
+    calibration = calibrating.Calibration(1.0, 2.0, 0.0, 0.01, 0.001, 3, "test")
     image = np.full((8, 8), 100, np.uint8)
     anomaly_map = np.zeros((8, 8))
     anomaly_map[:4] = 4.0  # twice the threshold's distance: fully hot
-    png = inspection.overlay_png(image, anomaly_map, anomaly_map > 2.0, calibration)
+    png = predict.overlay_png(image, anomaly_map, anomaly_map > 2.0, calibration)
     pixels = np.asarray(Image.open(io.BytesIO(png)))
     assert pixels.shape == (8, 16, 3)
     assert (pixels[:, :8] == 100).all()  # the image itself on the left
@@ -404,7 +407,7 @@ def test_train_export_and_latency_commands(synthetic_dataset, tmp_path):
 
 
 def test_efficientad_validation_holds_out_whole_photo_groups():
-    from impeller_bench.detectors.efficientad import validation_split
+    from impeller_bench.detectors.efficientad.training import validation_split
 
     order = [5, 2, 7, 0, 1, 3, 4, 6]
     assert validation_split(order, 3) == [5, 2, 7]
@@ -431,10 +434,10 @@ def test_files_that_cannot_be_read_are_skipped_with_their_reason(trained, parts_
         return read_bytes(path)
 
     monkeypatch.setattr(Path, "read_bytes", unreadable)
-    listed = inspection.input_files
-    monkeypatch.setattr(inspection, "input_files", lambda inputs: listed(inputs) + [(folder / "gone.png", Path("gone"))])
+    listed = predict.input_files
+    monkeypatch.setattr(predict, "input_files", lambda inputs: listed(inputs) + [(folder / "gone.png", Path("gone"))])
     model = load_model(trained[0] / "train.model")
-    summary = inspection.predict_files(model, [folder], tmp_path / "out", batch_size=2)
+    summary = predict.predict_files(model, [folder], tmp_path / "out", batch_size=2)
     problems = {Path(s["path"]).name: s["problem"] for s in summary["skipped_files"]}
     assert problems["dangling.png"] == "a link to a file that does not exist"
     assert problems["locked.png"] == "permission denied"
@@ -477,26 +480,26 @@ def test_every_name_the_file_system_allows_reaches_the_outputs(trained, parts_fo
 def test_a_failure_at_the_end_keeps_what_was_judged(trained, parts_folder, tmp_path, monkeypatch):
     folder, _, _ = parts_folder
     out = tmp_path / "out"
-    write = inspection.atomic_write_bytes
+    write = predict.atomic_write_bytes
 
     def full_disk(path, data):
         if Path(path).name == "summary.json":
             raise OSError(28, "No space left on device")
         return write(path, data)
 
-    monkeypatch.setattr(inspection, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(predict, "atomic_write_bytes", full_disk)
     with pytest.raises(OSError) as caught:
-        inspection.predict_files(load_model(trained[0] / "train.model"), [folder], out, batch_size=2)
+        predict.predict_files(load_model(trained[0] / "train.model"), [folder], out, batch_size=2)
     (kept,) = tmp_path.glob(".out.*.partial")
     assert str(kept) in "\n".join(caught.value.__notes__) and not out.exists()
     assert len(list(csv.DictReader((kept / "results.csv").open()))) == 4  # every readable image, judged
-    monkeypatch.setattr(inspection, "atomic_write_bytes", write)
-    inspection.predict_files(load_model(trained[0] / "train.model"), [folder], out)  # the next run into out
+    monkeypatch.setattr(predict, "atomic_write_bytes", write)
+    predict.predict_files(load_model(trained[0] / "train.model"), [folder], out)  # the next run into out
     assert out.is_dir() and not list(tmp_path.glob(".out.*"))  # the dead run's folder is gone, no lock left
 
 
 def test_two_writers_of_one_output_the_second_refused_naming_the_first(trained, parts_folder, tmp_path):
-    from impeller_bench.imageio import output_lock, staged_directory
+    from impeller_bench.common.files import output_lock, staged_directory
 
     folder, _, _ = parts_folder
     out = tmp_path / "out"
@@ -524,11 +527,11 @@ def test_an_exported_graph_is_judged_by_thresholds_for_its_own_input(synthetic_d
     """A model calibrated on images of another size than its input S (the reported case: 300 or 512 px
     photos) exports thresholds recalibrated on the same held-out images resized to S: the graph's scores are
     made at S x S, and the share of held-out normals above its threshold keeps the calibrated rate."""
-    from impeller_bench.export import graph_thresholds
+    from impeller_bench.inspection.export import graph_thresholds
 
-    images = [inspection.resize_image(s.load_image(), side) for s in load_dataset(synthetic_dataset).train]
+    images = [calibrating.resize_image(s.load_image(), side) for s in load_dataset(synthetic_dataset).train]
     detector = detectors.create("padim", device="cpu", image_size=64).fit(images)
-    calibration = inspection.calibrate(detector, images, false_alarm_rate=0.2, seed=0)
+    calibration = calibrating.calibrate(detector, images, false_alarm_rate=0.2, seed=0)
     assert calibration.image_sizes == [[side, side]]
     metadata = graph_thresholds(calibration)
     if side == 64:  # the images are the graph's input: the model's own thresholds
@@ -538,6 +541,6 @@ def test_an_exported_graph_is_judged_by_thresholds_for_its_own_input(synthetic_d
     assert float(metadata["image_threshold"]) == calibration.graph_image_threshold != calibration.image_threshold
     assert float(metadata["pixel_threshold"]) == calibration.graph_pixel_threshold
     assert "96x96 px" in metadata["thresholds_calibrated_on"]
-    scorer, held, _ = inspection.held_out_normals(detector, images, 0)
-    graph_scores = inspection.score_by_size(scorer, [inspection.resize_image(image, 64) for image in held])[0]
+    scorer, held, _ = calibrating.held_out_normals(detector, images, 0)
+    graph_scores = calibrating.score_by_size(scorer, [calibrating.resize_image(image, 64) for image in held])[0]
     assert np.mean(graph_scores > calibration.graph_image_threshold) <= 0.2

@@ -17,14 +17,18 @@ import pytest
 from click.testing import CliRunner
 from scipy import ndimage as ndi
 
-from impeller_bench import leaderboard, submission
+from impeller_bench.detectors.base import model_name
+from impeller_bench.leaderboard import board as leaderboard, submission
 from impeller_bench.cli import main
-from impeller_bench.data import load_dataset
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.evaluate import evaluate
-from impeller_bench.predictions import load_predictions, write_predictions
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.evaluation.evaluate import evaluate
+from impeller_bench.evaluation.predictions import load_predictions, write_predictions
 
 from conftest import KAGGLE, MAGNETIC_TILE, REPO, REQUIRE_DATA, SUPERVISELY, needs_shared_data
+from impeller_bench.leaderboard import plots
+from impeller_bench.leaderboard import outputs
+from impeller_bench.leaderboard import checks
 
 BOARD = REPO / "leaderboard"
 ANNOTATIONS = REPO / "annotations"
@@ -64,7 +68,7 @@ def entry(synthetic_registry, tmp_path):
     data_root, annotations, original = synthetic_registry
     folder = tmp_path / "board" / "submissions" / original.name
     shutil.copytree(original, folder)
-    return folder, lambda: submission.validate_submission(folder, data_root, annotations)
+    return folder, lambda: checks.validate_submission(folder, data_root, annotations)
 
 
 def edit_claims(folder: Path, change) -> None:
@@ -135,7 +139,7 @@ def test_a_linked_submission_folder_fails(entry, tmp_path):
     folder, _ = entry
     link = tmp_path / "linked"
     os.symlink(folder, link)
-    only_problem(submission.validate_submission(link, tmp_path, tmp_path), "is a symbolic link")
+    only_problem(checks.validate_submission(link, tmp_path, tmp_path), "is a symbolic link")
 
 
 def test_an_oversized_file_fails(entry):
@@ -237,7 +241,7 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     shutil.copytree(folder, second)
     edit_claims(second, lambda d: d.update(name="median-diff-copy", latency={
         "median_ms": 3.0, "p90_ms": 4.0, "hardware": "CI", "protocol": {"device": "cpu", "threads": 2}}))
-    assert set(leaderboard.outdated(board, annotations)) == {"README.md", "results.csv", "latency_vs_pro.png"}
+    assert set(outputs.outdated(board, annotations)) == {"README.md", "results.csv", "latency_vs_pro.png"}
     result = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
     assert result.exit_code == 0, result.output
     assert run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations).exit_code == 0
@@ -249,10 +253,10 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     rows = (board / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("split,name,method,rank_image,rank_pixel")
     for png in ("latency_vs_pro.png", "overlays.png"):
-        assert leaderboard.png_fingerprint(board / png) is not None
+        assert plots.png_fingerprint(board / png) is not None
     # A changed claim makes the tables and the latency plot stale.
     edit_claims(second, lambda d: d["latency"].update(median_ms=5.0))
-    assert set(leaderboard.outdated(board, annotations)) == {"README.md", "results.csv", "latency_vs_pro.png"}
+    assert set(outputs.outdated(board, annotations)) == {"README.md", "results.csv", "latency_vs_pro.png"}
     stale = run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations)
     assert stale.exit_code == 1 and "out of date: " in stale.output
     # A build without the split built names what to do and leaves the committed files as they were.
@@ -266,7 +270,7 @@ def test_overlays_show_images_spread_over_defect_sizes(synthetic_registry):
     _, annotations, _ = synthetic_registry
     manifest = json.loads((annotations / "synthetic-impellers.json").read_text())
     area = {e["id"]: e["defect_area"] for e in manifest["entries"] if e["label"] == "defect" and e["split"] == "test"}
-    shown = leaderboard.overlay_choice(annotations, "synthetic-impellers")
+    shown = plots.overlay_choice(annotations, "synthetic-impellers")
     assert len(shown) == 4 and [area[i] for i in shown] == sorted(area[i] for i in shown)
     assert area[shown[0]] == min(area.values()) and area[shown[-1]] == max(area.values())
 
@@ -278,7 +282,7 @@ PAPER_MD = REPO.parent / "shared" / "PAPER.md"
 def test_paper_figures_are_the_papers_tables():
     text = PAPER_MD.read_text()
     for method, figures in leaderboard.PAPER.items():
-        name = leaderboard.model_name(method)
+        name = model_name(method)
         image = next(line for line in text.splitlines() if line.startswith(f"| {name} |") and line.count("|") == 7)
         pixel = next(line for line in text.splitlines() if line.startswith(f"| {name} |") and line.count("|") == 5)
         values = [float(v) for v in image.split("|")[2:7]] + [float(v) for v in pixel.split("|")[2:5]]
@@ -292,7 +296,7 @@ def test_paper_figures_are_the_papers_tables():
 
 @pytest.fixture(scope="session")
 def published_data_root(shared_data, tmp_path_factory):
-    from impeller_bench.build import build_split
+    from impeller_bench.data.build import build_split
 
     root = tmp_path_factory.mktemp("published")
     sources = {"impeller-v1": dict(supervisely=[SUPERVISELY], kaggle=[KAGGLE]),
@@ -304,7 +308,7 @@ def published_data_root(shared_data, tmp_path_factory):
 
 
 def test_committed_board_is_up_to_date():
-    stale = leaderboard.outdated(BOARD, ANNOTATIONS)
+    stale = outputs.outdated(BOARD, ANNOTATIONS)
     assert stale == [], f"run: impeller-bench leaderboard build (stale: {stale})"
     result = run("leaderboard", "build", "--check", "--board", BOARD, "--annotations", ANNOTATIONS)
     assert result.exit_code == 0, result.output
@@ -327,7 +331,7 @@ def test_committed_board_validates(published_data_root):
     resamples, the costly part) for every entry of the main split and the first entry of each other split but
     mtd (5 minutes per MTD entry on 2 cores: its 41 million pixels). ``impeller-bench leaderboard validate``,
     which the leaderboard workflow runs, checks them all."""
-    from impeller_bench import published
+    from impeller_bench.data import published
 
     entries = leaderboard.load_entries(BOARD)
     first_of_split = {}
@@ -337,7 +341,7 @@ def test_committed_board_validates(published_data_root):
         split = entry["dataset"]["split"]
         intervals = published.status(split) == published.MAIN or (first_of_split[split] == entry["name"]
                                                                     and split != "mtd")
-        check = submission.validate_submission(entry["_folder"], published_data_root, ANNOTATIONS, intervals=intervals)
+        check = checks.validate_submission(entry["_folder"], published_data_root, ANNOTATIONS, intervals=intervals)
         assert check.ok, check.text()
 
 
@@ -345,15 +349,15 @@ def test_a_quick_validation_still_recomputes_every_number_but_the_intervals(entr
     folder, _ = entry
     data_root, annotations, _ = synthetic_registry
     edit_claims(folder, lambda d: d["ci95"]["pixel_auroc"].__setitem__(0, 0.01))
-    assert submission.validate_submission(folder, data_root, annotations, intervals=False).ok
-    assert "pixel_auroc 95% interval low" in submission.validate_submission(folder, data_root, annotations).text()
+    assert checks.validate_submission(folder, data_root, annotations, intervals=False).ok
+    assert "pixel_auroc 95% interval low" in checks.validate_submission(folder, data_root, annotations).text()
     edit_claims(folder, lambda d: d["metrics"].__setitem__("pixel_auroc", d["metrics"]["pixel_auroc"] - 0.01))
-    assert "pixel_auroc: claimed" in submission.validate_submission(folder, data_root, annotations, intervals=False).text()
+    assert "pixel_auroc: claimed" in checks.validate_submission(folder, data_root, annotations, intervals=False).text()
 
 
 def test_deprecated_splits_come_last_under_their_own_heading_and_take_no_entries(entry, synthetic_registry,
                                                                                   monkeypatch, tmp_path):
-    from impeller_bench import published
+    from impeller_bench.data import published
 
     folder, _ = entry
     data_root, annotations, _ = synthetic_registry
@@ -372,7 +376,7 @@ def test_deprecated_splits_come_last_under_their_own_heading_and_take_no_entries
     deprecated = readme.index("## Deprecated: source shortcut")
     assert readme.index("## aa-current") < deprecated < readme.index("### synthetic-impellers")
     assert "Why `synthetic-impellers` is deprecated: a planted shortcut." in readme
-    assert [row[0] for row in leaderboard.latency_payload(entries)] == ["median-diff-v2"]  # the plot: current splits
+    assert [row[0] for row in plots.latency_payload(entries)] == ["median-diff-v2"]  # the plot: current splits
     # A deprecated split takes no new entries: neither packaged nor passed by validate (CI's gate) ...
     dataset = load_dataset(data_root / "synthetic-impellers")
     with pytest.raises(ImpellerBenchError) as info:
@@ -380,11 +384,11 @@ def test_deprecated_splits_come_last_under_their_own_heading_and_take_no_entries
                                       authors=["t"], code="c", version="1", hardware="h", command="c")
     assert "deprecated" in str(info.value) and "a planted shortcut" in str(info.value)
     assert not (tmp_path / "new-entry").exists()
-    refused = submission.validate_submission(folder, data_root, annotations)
+    refused = checks.validate_submission(folder, data_root, annotations)
     assert not refused.ok and "takes no new entries" in refused.problems[0]
     # ... but keeps the entries made before it was deprecated.
     published.SPLITS["synthetic-impellers"]["frozen_entries"] = ("median-diff",)
-    assert submission.validate_submission(folder, data_root, annotations).ok
+    assert checks.validate_submission(folder, data_root, annotations).ok
     # A board of deprecated entries alone still builds (there are no overlays to draw).
     shutil.rmtree(second)
     built = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
@@ -408,7 +412,7 @@ def test_a_latency_claim_keeps_how_it_was_timed():
 @pytest.fixture(scope="session")
 def localization_registry(tmp_path_factory):
     """(data root, annotations, board, the submission) of a synthetic track without good test images."""
-    from impeller_bench.synth import write_synthetic
+    from impeller_bench.data.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("localization-registry")
     data_root, annotations = root / "data", root / "annotations"
@@ -434,12 +438,12 @@ def test_a_track_without_good_test_images_takes_entries_with_pixel_metrics_only(
     claims = json.loads((folder / submission.SUBMISSION_FILE).read_text())
     assert all(claims["metrics"][m] is None and claims["ci95"][m] is None for m in submission.IMAGE_METRICS)
     assert all(0 < claims["metrics"][m] <= 1 for m in submission.PIXEL_METRICS)
-    assert submission.validate_submission(folder, data_root, annotations).ok
+    assert checks.validate_submission(folder, data_root, annotations).ok
     forged = tmp_path / "board" / "submissions" / "smoothed"
     shutil.copytree(folder, forged)
     edit_claims(forged, lambda d: (d["metrics"].update({m: 0.99 for m in submission.IMAGE_METRICS}),
                                    d["ci95"].update({m: [0.9, 1.0] for m in submission.IMAGE_METRICS})))
-    only_problem(submission.validate_submission(forged, data_root, annotations),
+    only_problem(checks.validate_submission(forged, data_root, annotations),
                  "image_auroc: claimed 0.990000, recomputed null (not defined: the split has no good test images)")
     built = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
     assert built.exit_code == 0, built.output
@@ -503,7 +507,7 @@ def test_one_bad_entry_never_stops_the_validation_of_the_others(entry, synthetic
 
 
 def test_the_read_npy_rule_holds_for_every_loader(tmp_path):
-    from impeller_bench.imageio import read_npy
+    from impeller_bench.common.imageio import read_npy
 
     path = tmp_path / "bootstrap.npy"
     with open(path, "wb") as f:
@@ -538,7 +542,7 @@ def test_a_claim_that_contradicts_its_predictions_provenance_fails(entry, field,
 
 
 def test_entries_alike_in_name_or_identical_in_maps_are_flagged(entry, synthetic_registry):
-    from impeller_bench.review import cross_entry_problems
+    from impeller_bench.leaderboard.review import cross_entry_problems
 
     folder, _ = entry
     entries = folder.parent
@@ -567,9 +571,9 @@ def test_hidden_and_misnamed_folders_are_visited_and_refused(entry, synthetic_re
     (folder.parent / "stray.txt").write_text("not an entry")
     folders = submission.submission_folders([], folder.parent.parent)
     assert {f.name for f in folders} == {".x", "median-diff", "stray.txt"}
-    checks = {f.name: submission.validate_submission(f, data_root, annotations) for f in folders}
-    only_problem(checks[".x"], "not an entry name")
-    only_problem(checks["stray.txt"], "not a folder")
+    results = {f.name: checks.validate_submission(f, data_root, annotations) for f in folders}
+    only_problem(results[".x"], "not an entry name")
+    only_problem(results["stray.txt"], "not a folder")
     with pytest.raises(ImpellerBenchError):
         leaderboard.load_entries(folder.parent.parent)
 
@@ -613,7 +617,7 @@ def test_text_that_reaches_the_board_is_shown_as_written_never_as_markup(entry, 
 def test_a_pull_request_is_judged_by_scope_then_by_the_base_code(entry, synthetic_registry, tmp_path):
     """A simulated pull request: the base board, the request's checkout with its changed files, and the
     base code's `leaderboard check-pr`; a clean new entry passes, each forged one is refused."""
-    from impeller_bench.review import parse_name_status, pull_request_scope
+    from impeller_bench.leaderboard.review import parse_name_status, pull_request_scope
 
     folder, _ = entry
     data_root, annotations, _ = synthetic_registry

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from impeller_bench import metrics
-from impeller_bench.metrics import MetricInputError
+from impeller_bench.common import metrics
+from impeller_bench.common.metrics import MetricInputError
 
 
 # --------------------------------------------------------------------------- brute force, by definition

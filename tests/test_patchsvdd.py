@@ -4,9 +4,10 @@ Measured on this set (8 training images, 192 px, batches of 8, lr 1e-3, 150 step
 EPYC (avx512_bf16, no AMX), seeds 0 / 1 / 2 / 3: the two position losses fall from about 4.16 (2 ln 8,
 chance) to 3.15 / 2.30 / 2.41 / 2.55. Training is chaotic at this budget: the same seed gives another
 model on another CPU (its float32 kernels sum in another order), so no bar may sit on one run's value.
-The bars: loss under 3.5 (every seed here), and pixel AUROC over 0.7 on holes (trained: 0.876 / 0.815 /
-0.846 for seeds 0-2; an encoder after 1 step: 0.731 / 0.842 / 0.835, so this checks the map pipeline's
-localisation, not the training). Chipped rims are not a fair bar: 0.45-0.53 for seeds 0-3 (the table
+The bars: loss under 3.5 (every seed here), and pixel AUROC over 0.6 on holes (trained: 0.876 / 0.815 /
+0.846 for seeds 0-2 on one EPYC; 0.858 / 0.908 / 0.692 / 0.931 for seeds 0-3 on another, after 1 step
+0.731 / 0.842 / 0.834 / 0.893; a map that has lost the defects scores about 0.5), so this checks the map
+pipeline's localisation, not how well one chaotic run trained. Chipped rims are not a fair bar: 0.45-0.53 for seeds 0-3 (the table
 showing through a chip looks like the table around every part), 0.687 once on an AMX machine.
 """
 import numpy as np
@@ -16,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from impeller_bench import detectors
 from impeller_bench.detectors.patchsvdd import BigPatchEncoder, PatchSVDD
-from impeller_bench.errors import ImpellerBenchError
+from impeller_bench.common.errors import ImpellerBenchError
 
 SIZE = 192  # the least size the position task allows; 64 + 8 x 16 and 32 + 20 x 8: both grids fit exactly
 OPTIONS = {"image_size": SIZE, "batch_size": 8, "stride_small": 8, "seed": 2, "device": "cpu"}
@@ -73,7 +74,7 @@ def test_training_learns_the_position_task_and_maps_find_defects(fitted, impelle
     detector, _, maps = fitted
     chance = detectors.create("patchsvdd", steps=1, **OPTIONS).fit(impellers[0][:2]).last_loss
     assert chance > 3.8 and detector.last_loss < 3.5
-    assert roc_auc_score(impellers[2].ravel(), maps.ravel()) > 0.7
+    assert roc_auc_score(impellers[2].ravel(), maps.ravel()) > 0.6
 
 
 def test_pixel_map_is_the_mean_over_covering_patches():

@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from impeller_bench import grouping, registration, synth
-from impeller_bench.registration import Prepared, is_same_photo, register, residual_shift, transfer_mask
+from impeller_bench.data import grouping, registration, synth
+from impeller_bench.data.registration import Prepared, is_same_photo, register, residual_shift, transfer_mask
+from impeller_bench.data import scanning
 
 
 def photo(seed, size=256, defects=("holes", "chipping")):
@@ -118,8 +119,7 @@ def test_grouping_registers_only_the_doubtful_candidates_and_joins_same_photos()
 
 
 def test_a_variant_the_fingerprint_misses_is_joined_by_registration(original, tmp_path):
-    from impeller_bench import build
-    from impeller_bench.sources import GOOD, SourceRecord
+    from impeller_bench.data.sources.records import GOOD, SourceRecord
 
     image = original[0]
     paths = []
@@ -129,9 +129,9 @@ def test_a_variant_the_fingerprint_misses_is_joined_by_registration(original, tm
         Image.fromarray(picture).save(path)
         paths.append(path)
     records = [SourceRecord("s", "mvtec", p.name, p, GOOD, str(k)) for k, p in enumerate(paths)]
-    scans, _ = build.scan(records)
+    scans, _ = scanning.scan(records)
     # A threshold over every fingerprint score leaves the joining to registration.
-    with_registration = build.group_photos(records, scans, threshold=1.01)
-    without = build.group_photos(records, scans, threshold=1.01, register=False)
+    with_registration = scanning.group_photos(records, scans, threshold=1.01)
+    without = scanning.group_photos(records, scans, threshold=1.01, register=False)
     assert with_registration.group_of[0] == with_registration.group_of[1] != with_registration.group_of[2]
     assert len(set(without.group_of)) == 3

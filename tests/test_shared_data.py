@@ -11,9 +11,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import KAGGLE, MAGNETIC_TILE, REPO, SUPERVISELY, needs_shared_data
-from impeller_bench import build
+from impeller_bench.data import build
 from impeller_bench.cli import main
-from impeller_bench.imageio import read_mask, sha256_file
+from impeller_bench.common.imageio import read_mask
+from impeller_bench.common.files import sha256_file
+from impeller_bench.data import selection
+from impeller_bench.data import scanning
 
 pytestmark = needs_shared_data
 PUBLISHED = REPO / "annotations" / "impeller-v1.json"
@@ -71,9 +74,9 @@ def test_default_counts_from_the_annotated_source_alone_stop_and_write_nothing(s
 
 def test_default_split_from_both_sources_keeps_groups_whole_and_follows_the_seed(both_scanned):
     records, findings, scans, groups = both_scanned
-    usable = build.eligible(records, scans, findings)
-    plans = {seed: build.plan_split(records, scans, groups, usable, build.Counts(), seed) for seed in (0, 0, 1)}
-    plan = build.plan_split(records, scans, groups, usable, build.Counts(), 0)
+    usable = selection.eligible(records, scans, findings)
+    plans = {seed: selection.plan_split(records, scans, groups, usable, scanning.Counts(), seed) for seed in (0, 0, 1)}
+    plan = selection.plan_split(records, scans, groups, usable, scanning.Counts(), 0)
     chosen = lambda p: [(records[s.record].source, records[s.record].relpath, s.split) for s in p.selected]
     assert chosen(plan) == chosen(plans[0])
     assert set(chosen(plan)) != set(chosen(plans[1]))
@@ -173,14 +176,14 @@ LOOK_ALIKES = ["1048", "8256", "4484"]  # best-registered at 0.974-0.989: other 
 
 
 def test_annotated_masks_are_carried_onto_their_kaggle_variants_only(shared_data):
-    from impeller_bench.transfer import find_transfers
+    from impeller_bench.data.transfer import find_transfers
 
     originals = [r for r in build.read_sources(supervisely=[SUPERVISELY])[0] if r.relpath in VARIANTS]
     kaggle = {r.relpath: r for r in build.read_sources(kaggle=[KAGGLE])[0]}
     stems = [n for names in VARIANTS.values() for n in names] + LOOK_ALIKES
     candidates = [kaggle[f"train/def_front/cast_def_0_{stem}.jpeg"] for stem in stems]
     pool = originals + candidates
-    scans, _ = build.scan(pool)
+    scans, _ = scanning.scan(pool)
     tried = find_transfers(pool, [s.fingerprint for s in scans], [0, 1], list(range(2, len(pool))),
                            per_original=len(candidates))
     for k, original in enumerate(originals):
@@ -200,21 +203,21 @@ def test_seed_0_selects_impeller_v2_native(shared_data):
     pretrained features, whose float32 sums differ a little between CPUs; most of them must agree.
     """
     records, findings = build.read_sources(supervisely=[SUPERVISELY])
-    scans, more = build.scan(records)
-    usable = build.eligible(records, scans, findings + more)
-    groups = build.group_photos(records, scans)
+    scans, more = scanning.scan(records)
+    usable = selection.eligible(records, scans, findings + more)
+    groups = scanning.group_photos(records, scans)
     published = json.loads(V2_NATIVE.read_text())
     b = published["build"]
-    plan = build.plan_split(records, scans, groups, usable, build.Counts(b["train_good"], b["test_good"], None), seed=0)
+    plan = selection.plan_split(records, scans, groups, usable, scanning.Counts(b["train_good"], b["test_good"], None), seed=0)
     chosen = lambda p, label: {(records[s.record].relpath, s.split) for s in p.selected if s.label == label}
     wanted = lambda label: {(e["source_path"], e["split"]) for e in published["entries"] if e["label"] == label}
     assert chosen(plan, "good") == wanted("good")
     assert wanted("defect") <= chosen(plan, "defect")
-    matched = build.balance_test_defects(records, plan, b["size"])
+    matched = selection.balance_test_defects(records, plan, b["size"])
     assert len(chosen(matched, "defect") & wanted("defect")) >= 0.9 * len(wanted("defect"))
     # The localization track from the same photo groups: every good group that holds no defect photo trains,
     # every defect photo with a mask tests (no matching: exact).
-    localization = build.plan_split(records, scans, groups, usable, build.Counts(None, 0, None), seed=0)
+    localization = selection.plan_split(records, scans, groups, usable, scanning.Counts(None, 0, None), seed=0)
     published = json.loads(V2_LOCALIZATION.read_text())
     assert {(records[s.record].relpath, s.split, s.label) for s in localization.selected} == {
         (e["source_path"], e["split"], e["label"]) for e in published["entries"]}
@@ -225,16 +228,16 @@ def test_seed_0_selects_mtd(shared_data):
     published split. Train and test goods are exact; the matched test defects come from pretrained features
     (float32 sums differ a little between CPUs), so most of them must agree."""
     records, findings = build.read_sources(mtd=[MAGNETIC_TILE])
-    scans, more = build.scan(records)
-    usable = build.eligible(records, scans, findings + more)
-    groups = build.group_photos(records, scans)
+    scans, more = scanning.scan(records)
+    usable = selection.eligible(records, scans, findings + more)
+    groups = scanning.group_photos(records, scans)
     published = json.loads(MTD.read_text())
-    plan = build.plan_by_group_share(records, groups, usable, published["build"]["protocol"]["test_good_share"], 0)
+    plan = selection.plan_by_group_share(records, groups, usable, published["build"]["protocol"]["test_good_share"], 0)
     chosen = lambda p, label: {(records[s.record].relpath, s.split) for s in p.selected if s.label == label}
     wanted = lambda label: {(e["source_path"], e["split"]) for e in published["entries"] if e["label"] == label}
     assert chosen(plan, "good") == wanted("good") and wanted("defect") <= chosen(plan, "defect")
     assert len(plan.notes["left_out"]) == 107
-    matched = build.balance_test_defects(records, plan, "native")
+    matched = selection.balance_test_defects(records, plan, "native")
     assert len(chosen(matched, "defect") & wanted("defect")) >= 0.9 * len(wanted("defect"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from impeller_bench import significance
+from impeller_bench.evaluation import significance
 
 
 def bootstrap_means(per_unit: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:

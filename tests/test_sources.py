@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from impeller_bench.imageio import encode_png
-from impeller_bench.sources import DEFECT, GOOD, detect_kind, kaggle, mvtec, supervisely
+from impeller_bench.common.imageio import encode_png
+from impeller_bench.data.sources import detect_kind, kaggle, mvtec, supervisely
+from impeller_bench.data.sources.records import DEFECT, GOOD
 
 
 def bitmap_field(mask: np.ndarray, mode: str = "P") -> str:

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from impeller_bench import synth
+from impeller_bench.data import synth
 from impeller_bench.cli import main
-from impeller_bench.data import load_dataset
+from impeller_bench.data.dataset import load_dataset
 
 
 @pytest.mark.parametrize("kind", synth.DEFECT_KINDS)

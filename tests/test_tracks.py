@@ -7,15 +7,17 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from impeller_bench import build, metrics
-from impeller_bench.audit import TEST_DEFECT, TRAIN_GOOD, AuditImage, audit_images
+from impeller_bench.data import build
+from impeller_bench.common import metrics
+from impeller_bench.data.audit import TEST_DEFECT, TRAIN_GOOD, audit_images
+from impeller_bench.data.audit_measures import AuditImage
 from impeller_bench.cli import main
-from impeller_bench.data import load_dataset
-from impeller_bench.evaluate import IMAGE_METRICS_UNDEFINED, compare, evaluate
-from impeller_bench.imageio import read_mask
-from impeller_bench.predictions import load_predictions, write_predictions
-from impeller_bench.sources import mtd
-from impeller_bench.synth import write_synthetic
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.evaluation.evaluate import IMAGE_METRICS_UNDEFINED, compare, evaluate
+from impeller_bench.common.imageio import read_mask
+from impeller_bench.evaluation.predictions import load_predictions, write_predictions
+from impeller_bench.data.sources import mtd
+from impeller_bench.data.synth import write_synthetic
 from test_metrics import brute_auroc, brute_f1_max, brute_pro
 
 # --------------------------------------------------------------------------- a track without good test images
@@ -60,7 +62,7 @@ def test_a_split_without_good_test_images_gets_the_pixel_metrics_by_definition(l
 
 
 def format_table_of(result):
-    from impeller_bench.evaluate import format_table
+    from impeller_bench.evaluation.evaluate import format_table
 
     return format_table(result)
 
@@ -239,7 +241,7 @@ def test_test_good_share_refuses_the_counts_it_replaces(tiles, tmp_path):
 
 def test_images_of_several_sizes_get_maps_at_their_own_size(tiles):
     from impeller_bench import detectors
-    from impeller_bench.runner import score_in_chunks
+    from impeller_bench.inspection.runner import score_in_chunks
 
     records, _ = build.read_sources(mtd=[tiles])
     images = [np.asarray(Image.open(r.path)) for r in records[:2] + records[-2:]]

@@ -8,13 +8,15 @@ from PIL import Image
 
 from click.testing import CliRunner
 
-from impeller_bench import build, synth
+from impeller_bench.data import build, synth
 from impeller_bench.cli import main
-from impeller_bench.errors import ImpellerBenchError
-from impeller_bench.imageio import encode_png, read_mask, sha256_file
-from impeller_bench.registration import Registration, transfer_mask
+from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.common.imageio import encode_png, read_mask
+from impeller_bench.common.files import sha256_file
+from impeller_bench.data.registration import Registration, transfer_mask
 
 from test_registration import true_map, variant
+from impeller_bench.data import scanning
 
 SIZE, VARIANT_SIZE = 256, 200
 GOOD_PHOTOS, VARIANTS_PER_GOOD = 8, 3
@@ -63,7 +65,7 @@ def built(sources, tmp_path_factory):
     annotated, variants, _ = sources
     out = tmp_path_factory.mktemp("built") / "carried"
     manifest, report = build.build_split(out, kaggle=[variants], mask_sources=[annotated], size=VARIANT_SIZE,
-                                         counts=build.Counts(12, 6, 8), seed=0, balance=False, audit=False)
+                                         counts=scanning.Counts(12, 6, 8), seed=0, balance=False, audit=False)
     return out, manifest, report
 
 
@@ -135,7 +137,7 @@ def test_a_selection_mixing_sources_is_refused_unless_allowed(tmp_path):
     for p in range(10):
         image = synth.impeller(np.random.default_rng([22, 0, p]), 96)[0]
         (goods_only / "train/good" / f"g{p}.png").write_bytes(encode_png(image))
-    kwargs = dict(mvtec=[defects_only, goods_only], size=64, counts=build.Counts(6, 4, 4), seed=0, balance=False,
+    kwargs = dict(mvtec=[defects_only, goods_only], size=64, counts=scanning.Counts(6, 4, 4), seed=0, balance=False,
                   audit=False, register=False)
     with pytest.raises(ImpellerBenchError) as info:
         build.build_split(tmp_path / "mixed", **kwargs)

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from impeller_bench.cli import main
-from impeller_bench.imageio import encode_png
-from impeller_bench.validate import validate
+from impeller_bench.common.imageio import encode_png
+from impeller_bench.data.validate import validate
 
 
 @pytest.fixture

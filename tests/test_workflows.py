@@ -8,7 +8,8 @@ import click
 import pytest
 import yaml
 
-from impeller_bench import leaderboard, published
+from impeller_bench.leaderboard import board as leaderboard
+from impeller_bench.data import published
 from impeller_bench.cli import main
 
 from conftest import REPO

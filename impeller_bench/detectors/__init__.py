@@ -14,6 +14,7 @@ from __future__ import annotations
 from .base import Detector, available, check_options, create, detector_class, load, option_names, register
 
 # Importing a detector module registers it.
-from . import ast, efficientad, padim, patchcore, patchsvdd, spade  # noqa: E402,F401
+from . import ast, padim, patchcore, patchsvdd, spade
+from .efficientad import detector as efficientad  # noqa: E402,F401
 
 __all__ = ["Detector", "available", "create", "detector_class", "load", "register"]

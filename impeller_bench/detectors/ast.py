@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..progress import TrainingMeter
+from ..common.progress import TrainingMeter
 from .base import register
 from .features import PretrainedFeatureDetector, PretrainedFeaturesConfig
 

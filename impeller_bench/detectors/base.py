@@ -12,9 +12,9 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from .. import __version__
-from ..errors import ImpellerBenchError
-from ..imageio import atomic_write_bytes
+from ..common.version import __version__
+from ..common.errors import ImpellerBenchError
+from ..common.files import atomic_write_bytes
 
 _REGISTRY: dict[str, type["Detector"]] = {}
 # 2: EfficientAD's teacher_weights became teacher (a backbone, a file or random).
@@ -188,7 +188,7 @@ def checkpoint_digest(header: dict, state: dict[str, torch.Tensor], extras: dict
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(header, state, extra tensors) of a file written by ``Detector.save``, refused with one line when it is
     not one, was written by another version of impeller-bench, or was changed after it was written."""
-    from ..backbones import load_state_dict
+    from ..common.backbones import load_state_dict
 
     payload = load_state_dict(path)
     try:
@@ -224,7 +224,7 @@ def check_state(detector: Detector, state: dict[str, torch.Tensor], path: str | 
         holder = _method_holding(state, detector.name)
         missing, unexpected = sorted(set(spec) - set(state)), sorted(set(state) - set(spec))
         raise ImpellerBenchError(
-            f"not a {_display(detector.name)} model " + (f"(it holds {_display(holder)}'s tensors)" if holder else
+            f"not a {model_name(detector.name)} model " + (f"(it holds {model_name(holder)}'s tensors)" if holder else
             f"(missing {', '.join(missing[:3]) or 'nothing'}; unexpected {', '.join(unexpected[:3]) or 'nothing'})"),
             path)
     sizes: dict[str, int] = {}
@@ -243,10 +243,14 @@ def check_state(detector: Detector, state: dict[str, torch.Tensor], path: str | 
             raise ImpellerBenchError(f"tensor {name}: {expected}, {found}", path)
 
 
-def _display(method: str) -> str:
-    from ..leaderboard import model_name
+# The names the published tables give each method.
+MODEL_NAMES = {"patchsvdd": "Patch SVDD", "spade": "SPADE", "padim": "PaDiM", "patchcore": "PatchCore",
+               "ast": "AST", "efficientad": "EfficientAD", "ours": "Ours"}
 
-    return model_name(method)
+
+def model_name(method: str) -> str:
+    """A method's name as tables show it ("Ours", "PaDiM"); its registered name where it has none."""
+    return MODEL_NAMES.get(method, method)
 
 
 def _method_holding(state: dict[str, torch.Tensor], other_than: str) -> str | None:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import backbone_spec, imagenet_tensor, images01, load_backbone, normalise, weights_path
-from ..errors import ImpellerBenchError
+from ..common.backbones import backbone_spec, imagenet_tensor, images01, load_backbone, normalise, weights_path
+from ..common.errors import ImpellerBenchError
 from .base import Detector
 
 BATCH = 16

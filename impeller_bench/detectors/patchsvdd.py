@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import images01
-from ..errors import ImpellerBenchError
-from ..progress import TrainingMeter
+from ..common.backbones import images01
+from ..common.errors import ImpellerBenchError
+from ..common.progress import TrainingMeter
 from .base import TRAINING_IMAGES_FOR_TIMING, Detector, register
 from .neighbours import nearest
 

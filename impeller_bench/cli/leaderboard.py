@@ -1,0 +1,169 @@
+"""The leaderboard commands: validate entries, check a pull request, build the board, package a submission."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..common.version import __version__
+from .options import dataset_for, progress_bar
+
+
+@click.group("leaderboard")
+def leaderboard_group():
+    """Validate submissions, package a run as one, and build the leaderboard's tables and plots."""
+
+
+_board_option = click.option("--board", default="leaderboard", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+                             help="The leaderboard folder (holds submissions/).")
+
+
+_annotations_option = click.option("--annotations", default="annotations", show_default=True,
+                                   type=click.Path(exists=True, file_okay=False, path_type=Path),
+                                   help="Folder of the published split files.")
+
+
+_data_option = click.option("--data", "data_root", default="data", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+                            help="Folder holding the built splits, one subfolder per split (data/impeller-v2-native).")
+
+
+@leaderboard_group.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@_board_option
+@_annotations_option
+@_data_option
+def leaderboard_validate_command(paths, board, annotations, data_root):
+    """Check submissions (default: all of the board): files, schema, split, provenance, every number
+    recomputed, and against the board's other entries (names alike, identical maps).
+
+    Every folder is visited, hidden ones too, each with its own verdict. Exit code 0 only when every
+    submission holds."""
+    from ..leaderboard.submission import submission_folders
+
+    sys.exit(_validate_entries(submission_folders(paths, board), board, data_root, annotations))
+
+
+def _validate_entries(folders, board, data_root, annotations) -> int:
+    """Each folder's verdict printed as it comes, the board's other entries as the cross-entry checks' others;
+    the exit code (0: every folder holds)."""
+    from ..leaderboard.checks import validate_submission
+    from ..leaderboard.review import cross_entry_problems
+
+    entries = board / "submissions"
+    others = sorted(entries.iterdir()) if entries.is_dir() else []
+    across = cross_entry_problems(folders, others)
+    checks = []
+    for folder in folders:
+        checks.append(validate_submission(folder, data_root, annotations))
+        checks[-1].problems += across[folder]
+        click.echo(checks[-1].text())
+    failed = sum(not c.ok for c in checks)
+    click.echo(f"{len(checks) - failed} of {len(checks)} submission(s) hold")
+    return 1 if failed else 0
+
+
+@leaderboard_group.command("check-pr")
+@click.option("--changes", required=True, type=click.File("r"),
+              help="The pull request's changed files, as `git diff --name-status -z BASE...HEAD` prints them.")
+@click.option("--pr", "pr_root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The pull request's checkout (read as data, never run).")
+@click.option("--kind", "kind_only", is_flag=True,
+              help="Only print the request's kind, 'submission' or 'maintenance', and exit 0.")
+@_board_option
+@_annotations_option
+@_data_option
+def leaderboard_check_pr_command(changes, pr_root, board, annotations, data_root, kind_only):
+    """Judge a pull request with this (the base branch's) code. A submission (it changes something under
+    leaderboard/submissions/): its scope (one new entry, nothing else), then that entry, in full, against
+    the base board's entries, with the base annotations. Maintenance (no submission changed): the request's
+    whole board, with its own annotations, every entry in full, and its generated files current.
+
+    Run it from the base branch's checkout, with its --board and --annotations; --data holds the splits built
+    from the annotations that apply (the base's for a submission, the request's for maintenance)."""
+    from ..leaderboard.outputs import outdated
+    from ..leaderboard.review import parse_name_status, pull_request_scope
+
+    existing = sorted(p.name for p in (board / "submissions").iterdir()) if (board / "submissions").is_dir() else []
+    name, problems = pull_request_scope(parse_name_status(changes.read()), existing)
+    if kind_only:
+        click.echo("maintenance" if name is None and not problems else "submission")
+        sys.exit(0)
+    if name is None:
+        pr_board, pr_annotations = pr_root / "leaderboard", pr_root / "annotations"
+        click.echo("maintenance: no submission changed; the request's board is judged whole")
+        code = _validate_entries(sorted((pr_board / "submissions").iterdir()), pr_board, data_root, pr_annotations)
+        stale = outdated(pr_board, pr_annotations)
+        for stale_name in stale:
+            click.echo(f"FAIL  out of date: {pr_board / stale_name}")
+        sys.exit(1 if code or stale else 0)
+    for problem in problems:
+        click.echo(f"FAIL  scope: {problem}")
+    if problems:
+        sys.exit(1)
+    sys.exit(_validate_entries([pr_root / "leaderboard" / "submissions" / name], board, data_root, annotations))
+
+
+@leaderboard_group.command("build")
+@_board_option
+@_annotations_option
+@_data_option
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when a committed file is missing or out of date.")
+def leaderboard_build_command(board, annotations, data_root, check):
+    """Regenerate README.md, results.csv and the plots of the board from its submissions.
+
+    overlays.png (maps over test images) needs the built split and is not committed."""
+    from ..leaderboard.outputs import build_board, outdated
+
+    if check:
+        stale = outdated(board, annotations)
+        for name in stale:
+            click.echo(f"out of date: {board / name}")
+        click.echo("run: impeller-bench leaderboard build" if stale else f"{board}: up to date")
+        sys.exit(1 if stale else 0)
+    for path in build_board(board, annotations, data_root):
+        click.echo(f"wrote {path}")
+
+
+@leaderboard_group.command("submit")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The entry's name (its folder under submissions/).")
+@click.option("--command", "run_command_text", required=True, help="The command that made RUN_DIR, for the record.")
+@click.option("--author", "authors", multiple=True, required=True, help="Repeatable.")
+@click.option("--code", required=True, help="Link to the code that made the predictions.")
+@click.option("--hardware", required=True, help="Where it ran, e.g. '2-core x86-64 CPU, no GPU'.")
+@click.option("--latency", "latency_json", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Figures written by 'impeller-bench latency --json' (the entry's method is taken from it).")
+@click.option("--map-size", default=64, show_default=True, type=click.IntRange(8, 128), help="Maps are area-averaged down to this side.")
+@click.option("--bootstrap", "bootstrap_samples", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--notes", help="Free text shown with the entry.")
+@click.option("--dataset", "dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The published split the run was made on (default: the one its meta.json names).")
+@_board_option
+@click.option("--overwrite", is_flag=True, help="Replace an entry of the same name.")
+def leaderboard_submit_command(run_dir, name, run_command_text, authors, code, hardware, latency_json, map_size,
+                               bootstrap_samples, notes, dataset_dir, board, overwrite):
+    """Package a run's predictions as a submission: compact maps, recomputed claims, submission.json."""
+    from ..evaluation.predictions import load_predictions
+    from ..leaderboard.submission import latency_entry, package_submission
+
+    run = load_predictions(run_dir)
+    dataset = dataset_for(run, dataset_dir)
+    latency = None
+    if latency_json:
+        latency = latency_entry(json.loads(latency_json.read_text()), run.meta.get("method"), hardware)
+    submission = package_submission(run, board / "submissions" / name, dataset, authors=list(authors), code=code,
+                                    version=f"impeller-bench {__version__}", hardware=hardware, command=run_command_text,
+                                    latency=latency, map_size=map_size, bootstrap_samples=bootstrap_samples, notes=notes,
+                                    overwrite=overwrite, progress=progress_bar)
+    from ..evaluation.evaluate import IMAGE_METRICS_UNDEFINED
+
+    image_auroc = submission["metrics"]["image_auroc"]
+    click.echo(f"wrote {board / 'submissions' / name}: "
+               f"{IMAGE_METRICS_UNDEFINED if image_auroc is None else f'image AUROC {100 * image_auroc:.2f}'}, "
+               f"pixel PRO@30% {100 * submission['metrics']['pixel_pro_30']:.2f}")
+    ctx = click.get_current_context()
+    where = f" --board {board}" if ctx.get_parameter_source("board") == click.core.ParameterSource.COMMANDLINE else ""
+    click.echo(f"then: impeller-bench leaderboard validate{where} && impeller-bench leaderboard build{where} "
+               "(both take --annotations and --data too, where the splits are not the defaults)")

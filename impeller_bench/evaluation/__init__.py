@@ -1,0 +1,2 @@
+"""Scoring predictions: the predictions format, the reference evaluator (metrics, bootstrap intervals,
+paired comparisons), its plots."""
