@@ -16,7 +16,7 @@ the seeds every cell has; the table says how many.
 
 Then, per track and map: the mean over seeds of every metric per cell, and ours minus EfficientAD with a
 95% interval that resamples both the photo groups and the seeds
-(:func:`impeller_bench.significance.seeds_and_groups_interval`; the bootstrap replicates are cached beside
+(:func:`impeller_bench.evaluation.significance.seeds_and_groups_interval`; the bootstrap replicates are cached beside
 each predictions folder). Printed, and written to ``OUT/ablation.md`` and ``OUT/ablation.json``.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python benchmarks/detector_seeds.py --dataset DIR [--methods ours efficientad] [--seeds 0 1 2]
         [--profile quick] [--steps N] [--image-size S] [--teacher NAME_OR_FILE] [--out runs/seeds]
 
-Each run goes through ``impeller_bench.runner.run_method`` (fit on train/good,
+Each run goes through ``impeller_bench.inspection.runner.run_method`` (fit on train/good,
 score the test set, write the predictions folder, evaluate with the reference
 evaluator). Writes ``OUT/results.json`` (every run) and ``OUT/table.md``
 (mean +- sample std over seeds, percent) and prints the table.

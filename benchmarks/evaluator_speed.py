@@ -85,7 +85,7 @@ BOOTSTRAP = r"""
 import json, resource, sys, time
 import numpy as np
 from impeller_bench import metrics
-from impeller_bench.evaluate import EvaluationInputs, bootstrap, point_metrics
+from impeller_bench.evaluation.evaluate import EvaluationInputs, bootstrap, point_metrics
 data = np.load(sys.argv[1])
 masks, maps = list(data["masks"].astype(bool)), list(data["maps"])
 labels = np.array([m.any() for m in masks])

@@ -648,7 +648,7 @@ def test_a_pull_request_is_judged_by_scope_then_by_the_base_code(entry, syntheti
     clean = request("new-entry", honest)
     assert clean.exit_code == 0 and "ok    " in clean.output, clean.output
     refused = {
-        "with a validator change": request("new-entry", honest, ["M\timpeller_bench/submission.py"]),
+        "with a validator change": request("new-entry", honest, ["M\timpeller_bench/leaderboard/submission.py"]),
         "changing another entry": request("new-entry", honest, ["M\tleaderboard/submissions/median-diff/submission.json"]),
         "a copy": request("copy-entry", copied),
         "alike in name": request("Median_Diff", honest),

@@ -250,7 +250,7 @@ def export_command(model, export_format, out, check_images, opset, overwrite):
 def distill_teacher_command(out, image_dirs, backbone, pdn, image_size, crop, steps, batch_size, lr, seed, device,
                             backbone_weights):
     """Pretrain an EfficientAD teacher by distilling a backbone's ImageNet features (offline; the CPU recipe
-    impeller_bench.distill.DISTILL_RECIPE, which `--teacher distilled` caches once per machine)."""
+    impeller_bench.detectors.efficientad.distill.DISTILL_RECIPE, which `--teacher distilled` caches once per machine)."""
     from ..detectors.efficientad.distill import (
         FREE_IMAGES_LICENCE,
         USER_IMAGES_LICENCE,

@@ -7,7 +7,7 @@ restores only what the method learnt (memory bank, Gaussians, ...).
 Detectors that export to ONNX (PaDiM, PatchCore) score through a ``FeatureScorer``:
 one torch module from the [0, 1] image at the model's input size to the image
 scores and the smoothed anomaly maps, which ``score_images`` runs and
-``impeller_bench.export`` writes out.
+``impeller_bench.inspection.export`` writes out.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def score_through(module: nn.Module, images: Sequence[np.ndarray], input_size: i
 
 
 class ScoredByModule:
-    """Mixin for a detector that scores through one torch module (exportable: ``impeller_bench.export``).
+    """Mixin for a detector that scores through one torch module (exportable: ``impeller_bench.inspection.export``).
 
     ``scoring_module()`` is ``scorer_class(detector)`` in eval mode: x01 (N x 3 x S x S in [0, 1], S =
     ``model_input_size``) -> (scores N, maps N x S x S); called with an output size, the maps come at that

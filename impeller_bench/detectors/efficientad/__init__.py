@@ -35,7 +35,7 @@ step, a half-width student) are options of the same loop; the published loop
 is what ``--profile paper`` runs.
 
 Scoring is one module, ``EfficientADScorer`` (the S x S image in, scores and
-maps out): ``score_images`` runs it and ``impeller_bench.export`` writes it
+maps out): ``score_images`` runs it and ``impeller_bench.inspection.export`` writes it
 to ONNX.
 
 Transposed-decoder size arithmetic: H_out = stride * (H_in - 1) + kernel - 2 * padding.

@@ -21,7 +21,7 @@ A PDN learns to regress a frozen ImageNet backbone's patch features reduced to 3
 Images must be free to use, since a teacher distilled on images is a
 derivative of them: the default (``free_images``) is scikit-image's bundled
 photos that are public domain or CC0 plus impellers drawn by
-``impeller_bench.synth``, never a dataset's images (the casting photos are
+``impeller_bench.data.synth``, never a dataset's images (the casting photos are
 CC BY-NC-ND). ``cached_teacher`` distils once per machine and keeps the
 result in the cache folder, keyed by backbone, recipe and seed; the teacher
 spec ``distilled[:BACKBONE]`` of EfficientAD takes it from there.
@@ -77,7 +77,7 @@ DISTILL_RECIPE = {
     "steps": 600,
     "lr": 1e-3,
     "precision": "auto",  # float32, bfloat16, or auto: whichever trains faster here
-    "synthetic_images": 16,  # impellers drawn by impeller_bench.synth among the free images
+    "synthetic_images": 16,  # impellers drawn by impeller_bench.data.synth among the free images
 }
 
 # scikit-image's bundled photos whose docstrings state them free to use (public domain or CC0); a sample that
@@ -87,11 +87,11 @@ SAMPLE_PHOTOS = {
     "text": "public domain", "clock": "public domain", "horse": "CC0", "hubble_deep_field": "public domain",
     "retina": "CC0", "brick": "CC0", "grass": "CC0", "gravel": "CC0", "cell": "CC0",
 }
-# impeller_bench.synth draws image k of a split from the stream (seed, split key, k), split keys 0 to 2; the
+# impeller_bench.data.synth draws image k of a split from the stream (seed, split key, k), split keys 0 to 2; the
 # free images take key 3, so they are never among any synthetic dataset's images (its test images included).
 SYNTHETIC_STREAM = 3
 FREE_IMAGES_LICENCE = ("free to use: scikit-image sample photos that are public domain or CC0 (per skimage.data's "
-                       "docstrings) and impellers drawn by impeller_bench.synth; no dataset's images")
+                       "docstrings) and impellers drawn by impeller_bench.data.synth; no dataset's images")
 USER_IMAGES_LICENCE = "the user's own images (given with --images; they must be free to use)"
 # Every detector with the teacher "distilled" takes the teacher of this seed, so one teacher per machine serves all.
 SHARED_TEACHER_SEED = 0
@@ -140,7 +140,7 @@ def free_images(seed: int) -> tuple[list[np.ndarray], str]:
     drawn = synthetic_impellers(count, seed, size)
     named = ", ".join(f"{name} ({SAMPLE_PHOTOS[name]})" for name in photos)
     description = (f"{len(photos)} scikit-image sample photos: {named}; + {count} synthetic impellers "
-                   f"(impeller_bench.synth, seed {seed}, drawn for distillation only)")
+                   f"(impeller_bench.data.synth, seed {seed}, drawn for distillation only)")
     return list(photos.values()) + drawn, description
 
 

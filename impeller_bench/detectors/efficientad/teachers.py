@@ -97,7 +97,7 @@ RANDOM_TEACHER = "random"
 
 def teacher_kind(teacher: str) -> str:
     """"random", "features" (a backbone's name), "distilled" (``distilled`` or ``distilled:BACKBONE``: a PDN
-    distilled on free images, cached per machine, see ``impeller_bench.distill``) or "file" (a pretrained PDN
+    distilled on free images, cached per machine, see ``impeller_bench.detectors.efficientad.distill``) or "file" (a pretrained PDN
     teacher)."""
     if teacher == RANDOM_TEACHER:
         return "random"
