@@ -29,12 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
+from impeller_bench.common.files import atomic_write_bytes
 from impeller_bench.data.dataset import load_dataset
 from impeller_bench.evaluation.evaluate import evaluate
-from impeller_bench.common.files import atomic_write_bytes
 from impeller_bench.evaluation.predictions import load_predictions
-from impeller_bench.inspection.runner import default_dataset, detector_config, fit_on, score_in_chunks, write_run
 from impeller_bench.evaluation.significance import seeds_and_groups_interval
+from impeller_bench.inspection.runner import (
+    default_dataset,
+    detector_config,
+    fit_on,
+    score_in_chunks,
+    write_run,
+)
 from impeller_bench.leaderboard.submission import METRICS
 
 # folder name -> (label, method, overrides of the method's quick profile)
@@ -149,7 +155,9 @@ def main() -> None:
                         help="fit what is missing (--no-fit: tabulate what is kept)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    from impeller_bench.cli.options import progress_bar as progress  # the command line's bars (log lines under nohup)
+    from impeller_bench.cli.options import (
+        progress_bar as progress,  # the command line's bars (log lines under nohup)
+    )
 
     report, lines = {}, ["# The paper's ablation", ""]
     for folder in args.dataset or [default_dataset()]:

@@ -22,17 +22,15 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from impeller_bench import detectors
-from impeller_bench.data.dataset import load_dataset
-import numpy as np
-
 from impeller_bench.common import metrics
-from impeller_bench.evaluation.evaluate import EvaluationInputs, point_metrics
+from impeller_bench.data.dataset import load_dataset
 from impeller_bench.detectors.efficientad.scoring import ANOMALY_MAPS
+from impeller_bench.evaluation.evaluate import EvaluationInputs, point_metrics
 from impeller_bench.inspection.runner import default_dataset, training_groups
-
 
 IMAGE_SCORE_SHARES = (0.0, 0.01, 0.02, 0.05, 0.1)
 

@@ -21,7 +21,11 @@ import torch
 
 from impeller_bench.common.backbones import imagenet_tensor, load_backbone
 from impeller_bench.data.dataset import load_dataset
-from impeller_bench.evaluation.evaluate import EvaluationInputs, breakdown, point_metrics
+from impeller_bench.evaluation.evaluate import (
+    EvaluationInputs,
+    breakdown,
+    point_metrics,
+)
 
 
 def patch_features(backbone, samples, size, stages):

@@ -34,7 +34,12 @@ import numpy as np
 import torch
 
 from impeller_bench.common.files import atomic_write_bytes
-from impeller_bench.inspection.latency import finish_rows, test_image, time_interleaved, timed_scorers
+from impeller_bench.inspection.latency import (
+    finish_rows,
+    test_image,
+    time_interleaved,
+    timed_scorers,
+)
 
 PUBLISHED = {"teacher": "random"}  # the PDN-S teacher (untrained: timing only)
 

@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from impeller_bench.common.files import atomic_write_bytes
 from impeller_bench.data.dataset import load_dataset
 from impeller_bench.evaluation.evaluate import evaluate
-from impeller_bench.common.files import atomic_write_bytes
 from impeller_bench.evaluation.predictions import load_predictions
 
 COLUMNS = ("image_auroc", "image_auprc", "image_f1_max", "pixel_auroc", "pixel_pro_30", "pixel_f1_max")

@@ -16,8 +16,15 @@ import argparse
 import re
 from pathlib import Path
 
-from impeller_bench.leaderboard.board import by_split, detectable_differences, load_entries
-from impeller_bench.evaluation.significance import detectable_difference, difference_interval
+from impeller_bench.evaluation.significance import (
+    detectable_difference,
+    difference_interval,
+)
+from impeller_bench.leaderboard.board import (
+    by_split,
+    detectable_differences,
+    load_entries,
+)
 
 # The paper's Tables 1-2: ours minus EfficientAD, percent points.
 CLAIMED_GAP = {"image_auroc": 0.22, "pixel_auroc": 4.98, "pixel_pro_30": 1.97, "pixel_f1_max": 0.66}

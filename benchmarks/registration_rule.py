@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from impeller_bench.data import grouping, registration
 from impeller_bench.common.imageio import read_gray
+from impeller_bench.data import grouping, registration
 from impeller_bench.data.sources import kaggle, supervisely
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from impeller_bench.common.files import atomic_write_bytes
 from impeller_bench.data.dataset import load_dataset
 from impeller_bench.evaluation.evaluate import evaluate
-from impeller_bench.common.files import atomic_write_bytes
 from impeller_bench.evaluation.predictions import load_predictions
 
 SHOWN = ("image_auroc", "pixel_auroc", "pixel_pro_30", "pixel_f1_max")

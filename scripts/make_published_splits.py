@@ -35,14 +35,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from impeller_bench.data import build
-from impeller_bench.data.audit import audit_dataset
 from impeller_bench.cli.options import progress_bar
+from impeller_bench.data import build, scanning, selection, writing
+from impeller_bench.data.audit import audit_dataset
 from impeller_bench.data.dataset import load_dataset
 from impeller_bench.data.sources.supervisely import DEFAULT_DEFECT_CLASSES
-from impeller_bench.data import scanning
-from impeller_bench.data import writing
-from impeller_bench.data import selection
 
 ANNOTATIONS = Path(__file__).resolve().parent.parent / "annotations"
 V2_NATIVE_TEST_GOOD = 30  # of the annotated source's 73 usable good photos (in 31 photo groups)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from impeller_bench.data import scanning
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,8 +5,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from impeller_bench import detectors
-from impeller_bench.detectors.ast import FlowTeacher, positional_encoding
 from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.detectors.ast import FlowTeacher, positional_encoding
 
 SIZE = 256
 # A small student and few steps keep this quick; measured on this set: pixel AUROC 0.956.

@@ -7,10 +7,15 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from impeller_bench.data import audit, synth
-from impeller_bench.data.audit import TEST_DEFECT, TEST_GOOD, TRAIN_GOOD, audit_images, source_mix
+from impeller_bench.data import audit, audit_measures, synth
+from impeller_bench.data.audit import (
+    TEST_DEFECT,
+    TEST_GOOD,
+    TRAIN_GOOD,
+    audit_images,
+    source_mix,
+)
 from impeller_bench.data.audit_measures import AuditImage, grouped_auroc
-from impeller_bench.data import audit_measures
 
 SIZE = 128
 

@@ -6,9 +6,9 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from impeller_bench import detectors
+from impeller_bench.common.errors import ImpellerBenchError
 from impeller_bench.data.dataset import load_dataset
 from impeller_bench.detectors.neighbours import greedy_coreset, nearest
-from impeller_bench.common.errors import ImpellerBenchError
 
 BASELINES = ["patchcore", "padim", "spade"]
 # SPADE searches the pixels of its k nearest training images; 5 instead of 50 keeps these tests quick.

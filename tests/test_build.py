@@ -4,18 +4,14 @@ import shutil
 
 import numpy as np
 import pytest
-
 from click.testing import CliRunner
 
-from impeller_bench.data import build
 from impeller_bench.cli import main
-from impeller_bench.data.dataset import load_dataset
 from impeller_bench.common.errors import ImpellerBenchError
-from impeller_bench.common.imageio import encode_png, read_gray, read_mask
 from impeller_bench.common.files import sha256_file
-from impeller_bench.data import scanning
-from impeller_bench.data import writing
-from impeller_bench.data import selection
+from impeller_bench.common.imageio import encode_png, read_gray, read_mask
+from impeller_bench.data import build, scanning, selection, writing
+from impeller_bench.data.dataset import load_dataset
 
 
 @pytest.fixture(scope="module")

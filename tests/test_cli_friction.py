@@ -6,22 +6,20 @@ import os
 import re
 import stat
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO
 
 from impeller_bench import detectors
-from impeller_bench.data import synth
 from impeller_bench.cli import main
-from impeller_bench.detectors.base import parse_device
-from impeller_bench.data.download import fetch
 from impeller_bench.common.errors import ImpellerBenchError
 from impeller_bench.common.files import atomic_write_bytes, staged_directory
 from impeller_bench.common.progress import format_seconds, report_lines
-
-from conftest import REPO
+from impeller_bench.data import synth
+from impeller_bench.data.download import fetch
+from impeller_bench.detectors.base import parse_device
 
 pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from impeller_bench.data.dataset import load_dataset
 from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.data.dataset import load_dataset
 
 
 def test_load_dataset_gives_samples_and_loads_on_demand(synthetic_dataset):

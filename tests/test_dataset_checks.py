@@ -7,19 +7,18 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import SUPERVISELY, needs_shared_data
+
 from impeller_bench import detectors
-from impeller_bench.leaderboard import submission
 from impeller_bench.cli import main
-from impeller_bench.data.dataset import load_dataset
 from impeller_bench.common.errors import ImpellerBenchError
-from impeller_bench.evaluation.evaluate import evaluate
 from impeller_bench.common.imageio import encode_png, read_image
-from impeller_bench.evaluation.predictions import load_predictions, write_predictions
+from impeller_bench.data.dataset import load_dataset
 from impeller_bench.data.synth import write_synthetic
 from impeller_bench.data.validate import require_valid, validate
-from impeller_bench.leaderboard import checks
+from impeller_bench.evaluation.evaluate import evaluate
+from impeller_bench.evaluation.predictions import load_predictions, write_predictions
+from impeller_bench.leaderboard import checks, submission
 
 
 @pytest.fixture(scope="module")

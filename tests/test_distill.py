@@ -8,9 +8,9 @@ import torch
 from click.testing import CliRunner
 
 from impeller_bench import detectors
-from impeller_bench.detectors.efficientad import distill
 from impeller_bench.cli import main
 from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.detectors.efficientad import distill
 
 TINY_RECIPE = {"image_size": 64, "crop": 48, "steps": 3, "batch_size": 2, "precision": "float32", "synthetic_images": 2}
 
@@ -42,8 +42,9 @@ def distillations(monkeypatch):
 
 
 def test_free_images_read_no_dataset_and_are_not_a_datasets_images(monkeypatch, tiny):
-    from impeller_bench.data import dataset as data, synth
     from impeller_bench.common import imageio
+    from impeller_bench.data import dataset as data
+    from impeller_bench.data import synth
     from impeller_bench.inspection import runner
 
     def refuse(*args, **kwargs):

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import KAGGLE, MAGNETIC_TILE, REPO, SUPERVISELY, needs_shared_data
 
-from impeller_bench.data import download
 from impeller_bench.cli import main
 from impeller_bench.common.errors import ImpellerBenchError
 from impeller_bench.common.files import sha256_file
+from impeller_bench.data import download
 from impeller_bench.data.sources.references import KNOWN_SOURCES
-
-from conftest import KAGGLE, MAGNETIC_TILE, REPO, SUPERVISELY, needs_shared_data
 
 ANNOTATIONS = REPO / "annotations"
 GITHUB_TOP = "Mask-RCNN-training-with-docker-containers-on-Sagemaker-9b0dce34b3f774ffc7b4b39e6e424e121383f174"

@@ -6,10 +6,15 @@ import pytest
 import torch
 
 from impeller_bench import detectors
-from impeller_bench.data import synth
-from impeller_bench.detectors.efficientad.networks import AutoEncoder, TransposedDecoder, pdn, teacher_size
 from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.data import synth
 from impeller_bench.detectors.efficientad import training
+from impeller_bench.detectors.efficientad.networks import (
+    AutoEncoder,
+    TransposedDecoder,
+    pdn,
+    teacher_size,
+)
 
 # Same model on every machine: CPU, precision float32 (never "auto", which picks bfloat16 where it measures
 # faster), a fixed thread count (conftest.fixed_torch_threads).
@@ -200,7 +205,10 @@ def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(m
 def test_distilled_teacher_loads_into_the_detector(tmp_path):
     import json
 
-    from impeller_bench.detectors.efficientad.distill import distill_teacher, sample_photos
+    from impeller_bench.detectors.efficientad.distill import (
+        distill_teacher,
+        sample_photos,
+    )
 
     photos = sample_photos()
     assert len(photos) >= 5  # offline images exist
@@ -259,7 +267,10 @@ def test_bfloat16_training_is_recorded_and_repeatable():
 
 def test_distillation_targets_from_fit_equal_fresh_ones():
     from impeller_bench.common.backbones import images01
-    from impeller_bench.detectors.efficientad.distill import FeatureTarget, sample_photos
+    from impeller_bench.detectors.efficientad.distill import (
+        FeatureTarget,
+        sample_photos,
+    )
 
     data = images01(sample_photos()[:5], 64)
     target = FeatureTarget(64, torch.device("cpu"))
@@ -501,8 +512,8 @@ def test_the_quick_profile_detects_where_a_random_teacher_does_not(tmp_path):
     0.792 with the combined map (this short fit; the built-in default's full quick profile reaches 0.95 / 0.98,
     README), 0.917 / pixel AUROC 0.973 with the local map (the issue-13 bar, 0.80 / 0.90); the random teacher
     0.569 and 0.684 with the local map (the student copies it, defects included)."""
-    from impeller_bench.evaluation.evaluate import EvaluationInputs, point_metrics
     from impeller_bench.common.metrics import PixelSet
+    from impeller_bench.evaluation.evaluate import EvaluationInputs, point_metrics
 
     train = synthetic_images("train", "good", 24)
     test = [synth.generate("test", label, k, 0, 128) for label in ("good", "defect") for k in range(12)]

@@ -5,18 +5,16 @@ states what reading it gives: the exact array (within JPEG error where the
 file is lossy), or the refusal. The expected turns of the EXIF orientations
 are written from the EXIF specification, not from Pillow's implementation.
 """
-import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from impeller_bench.data import build
-from impeller_bench.data.dataset import load_dataset
 from impeller_bench.common.errors import ImpellerBenchError
 from impeller_bench.common.imageio import encode_png, read_gray, read_image, read_mask
+from impeller_bench.data import build, scanning
+from impeller_bench.data.dataset import load_dataset
 from impeller_bench.data.synth import write_synthetic
-from impeller_bench.data import scanning
 
 # A non-square, smooth grey picture (smooth so that JPEG keeps it within a few levels), and a mask.
 PICTURE = (np.add.outer(np.arange(8) * 12, np.arange(16) * 9) + 20).astype(np.uint8)  # 8 x 16, 20..239

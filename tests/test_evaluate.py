@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from impeller_bench.common import metrics
 from impeller_bench.cli import main
+from impeller_bench.common import metrics
+from impeller_bench.common.files import sha256_file
+from impeller_bench.common.imageio import encode_png
 from impeller_bench.data.dataset import load_dataset
 from impeller_bench.evaluation.evaluate import compare, evaluate, resize_map
-from impeller_bench.common.imageio import encode_png
-from impeller_bench.common.files import sha256_file
 from impeller_bench.evaluation.predictions import load_predictions, write_predictions
 
 

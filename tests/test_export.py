@@ -9,10 +9,15 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from impeller_bench import detectors
-from impeller_bench.data import synth
 from impeller_bench.common.backbones import images01
 from impeller_bench.common.errors import ImpellerBenchError
-from impeller_bench.inspection.export import check_export, export_onnx, exportable_methods, onnx_scorer
+from impeller_bench.data import synth
+from impeller_bench.inspection.export import (
+    check_export,
+    export_onnx,
+    exportable_methods,
+    onnx_scorer,
+)
 
 # Tiny fitted detectors, float32 on the CPU. PaDiM keeps 6 channels so that 8 training images give a full-rank
 # covariance: map values of a few units, like a real fit's (100 channels of 8 images: values near 600, where

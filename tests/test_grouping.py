@@ -1,8 +1,8 @@
 import numpy as np
+from conftest import SUPERVISELY, needs_shared_data
 from PIL import Image
 
 from impeller_bench.data import grouping, synth
-from conftest import SUPERVISELY, needs_shared_data
 
 
 def photo(k: int, size: int = 200) -> np.ndarray:

@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 
 from impeller_bench.common.errors import ImpellerBenchError
-from impeller_bench.common.imageio import encode_png, read_gray, read_mask, resize_mask_area
 from impeller_bench.common.files import staged_directory
+from impeller_bench.common.imageio import (
+    encode_png,
+    read_gray,
+    read_mask,
+    resize_mask_area,
+)
 
 
 def brute_force_half_area_rule(mask: np.ndarray, size: int) -> np.ndarray:

@@ -15,14 +15,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from impeller_bench import detectors, load_model
-from impeller_bench.inspection import model as inspection
 from impeller_bench.cli import main
-from impeller_bench.data.dataset import load_dataset
 from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.data.dataset import load_dataset
 from impeller_bench.evaluation.predictions import load_predictions
-from impeller_bench.inspection.runner import run_method, train_model
-from impeller_bench.inspection import predict
 from impeller_bench.inspection import calibration as calibrating
+from impeller_bench.inspection import model as inspection
+from impeller_bench.inspection import predict
+from impeller_bench.inspection.runner import run_method, train_model
 
 pytestmark = pytest.mark.usefixtures("fixed_torch_threads")
 

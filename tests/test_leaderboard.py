@@ -15,20 +15,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import (
+    KAGGLE,
+    MAGNETIC_TILE,
+    REPO,
+    REQUIRE_DATA,
+    SUPERVISELY,
+    needs_shared_data,
+)
 from scipy import ndimage as ndi
 
-from impeller_bench.detectors.base import model_name
-from impeller_bench.leaderboard import board as leaderboard, submission
 from impeller_bench.cli import main
-from impeller_bench.data.dataset import load_dataset
 from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.data.dataset import load_dataset
+from impeller_bench.detectors.base import model_name
 from impeller_bench.evaluation.evaluate import evaluate
 from impeller_bench.evaluation.predictions import load_predictions, write_predictions
-
-from conftest import KAGGLE, MAGNETIC_TILE, REPO, REQUIRE_DATA, SUPERVISELY, needs_shared_data
-from impeller_bench.leaderboard import plots
-from impeller_bench.leaderboard import outputs
-from impeller_bench.leaderboard import checks
+from impeller_bench.leaderboard import board as leaderboard
+from impeller_bench.leaderboard import checks, outputs, plots, submission
 
 BOARD = REPO / "leaderboard"
 ANNOTATIONS = REPO / "annotations"

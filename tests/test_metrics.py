@@ -1,11 +1,14 @@
 """Every metric against its brute-force definition on small random inputs with many ties."""
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 from impeller_bench.common import metrics
 from impeller_bench.common.metrics import MetricInputError
-
 
 # --------------------------------------------------------------------------- brute force, by definition
 

@@ -16,8 +16,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from impeller_bench import detectors
-from impeller_bench.detectors.patchsvdd import BigPatchEncoder, PatchSVDD
 from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.detectors.patchsvdd import BigPatchEncoder, PatchSVDD
 
 SIZE = 192  # the least size the position task allows; 64 + 8 x 16 and 32 + 20 x 8: both grids fit exactly
 OPTIONS = {"image_size": SIZE, "batch_size": 8, "stride_small": 8, "seed": 2, "device": "cpu"}

@@ -6,9 +6,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from impeller_bench.data import grouping, registration, synth
-from impeller_bench.data.registration import Prepared, is_same_photo, register, residual_shift, transfer_mask
-from impeller_bench.data import scanning
+from impeller_bench.data import grouping, registration, scanning, synth
+from impeller_bench.data.registration import (
+    Prepared,
+    is_same_photo,
+    register,
+    residual_shift,
+    transfer_mask,
+)
 
 
 def photo(seed, size=256, defects=("holes", "chipping")):

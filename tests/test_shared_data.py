@@ -8,15 +8,13 @@ from collections import Counter
 
 import numpy as np
 from click.testing import CliRunner
+from conftest import KAGGLE, MAGNETIC_TILE, REPO, SUPERVISELY, needs_shared_data
 from PIL import Image
 
-from conftest import KAGGLE, MAGNETIC_TILE, REPO, SUPERVISELY, needs_shared_data
-from impeller_bench.data import build
 from impeller_bench.cli import main
-from impeller_bench.common.imageio import read_mask
 from impeller_bench.common.files import sha256_file
-from impeller_bench.data import selection
-from impeller_bench.data import scanning
+from impeller_bench.common.imageio import read_mask
+from impeller_bench.data import build, scanning, selection
 
 pytestmark = needs_shared_data
 PUBLISHED = REPO / "annotations" / "impeller-v1.json"

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from impeller_bench.data import synth
 from impeller_bench.cli import main
+from impeller_bench.data import synth
 from impeller_bench.data.dataset import load_dataset
 
 

@@ -6,19 +6,22 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_metrics import brute_auroc, brute_f1_max, brute_pro
 
+from impeller_bench.cli import main
+from impeller_bench.common.imageio import read_mask
 from impeller_bench.data import build
-from impeller_bench.common import metrics
 from impeller_bench.data.audit import TEST_DEFECT, TRAIN_GOOD, audit_images
 from impeller_bench.data.audit_measures import AuditImage
-from impeller_bench.cli import main
 from impeller_bench.data.dataset import load_dataset
-from impeller_bench.evaluation.evaluate import IMAGE_METRICS_UNDEFINED, compare, evaluate
-from impeller_bench.common.imageio import read_mask
-from impeller_bench.evaluation.predictions import load_predictions, write_predictions
 from impeller_bench.data.sources import mtd
 from impeller_bench.data.synth import write_synthetic
-from test_metrics import brute_auroc, brute_f1_max, brute_pro
+from impeller_bench.evaluation.evaluate import (
+    IMAGE_METRICS_UNDEFINED,
+    compare,
+    evaluate,
+)
+from impeller_bench.evaluation.predictions import load_predictions, write_predictions
 
 # --------------------------------------------------------------------------- a track without good test images
 

@@ -4,19 +4,16 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from click.testing import CliRunner
+from PIL import Image
+from test_registration import true_map, variant
 
-from impeller_bench.data import build, synth
 from impeller_bench.cli import main
 from impeller_bench.common.errors import ImpellerBenchError
-from impeller_bench.common.imageio import encode_png, read_mask
 from impeller_bench.common.files import sha256_file
+from impeller_bench.common.imageio import encode_png, read_mask
+from impeller_bench.data import build, scanning, synth
 from impeller_bench.data.registration import Registration, transfer_mask
-
-from test_registration import true_map, variant
-from impeller_bench.data import scanning
 
 SIZE, VARIANT_SIZE = 256, 200
 GOOD_PHOTOS, VARIANTS_PER_GOOD = 8, 3

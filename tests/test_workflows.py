@@ -7,12 +7,11 @@ import shlex
 import click
 import pytest
 import yaml
-
-from impeller_bench.leaderboard import board as leaderboard
-from impeller_bench.data import published
-from impeller_bench.cli import main
-
 from conftest import REPO
+
+from impeller_bench.cli import main
+from impeller_bench.data import published
+from impeller_bench.leaderboard import board as leaderboard
 
 WORKFLOWS = REPO / ".github" / "workflows"
 

@@ -13,8 +13,14 @@ from ..common.version import __version__
 from .data import build_split_command, download_command, synth_command, validate_command
 from .evaluation import compare_command, evaluate_command
 from .leaderboard import leaderboard_group
-from .run import (distill_teacher_command, export_command, latency_command, predict_command, run_command,
-                  train_command)
+from .run import (
+    distill_teacher_command,
+    export_command,
+    latency_command,
+    predict_command,
+    run_command,
+    train_command,
+)
 
 
 def _exit_on_terminate(signum, frame):

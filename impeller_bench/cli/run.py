@@ -12,10 +12,10 @@ from ..common.errors import ImpellerBenchError
 from .options import (
     CALIBRATION_OPTIONS,
     TRAINING_OPTIONS,
+    MethodsCommand,
     anomaly_map_option,
     detector_options,
     device_option,
-    MethodsCommand,
     percent,
     progress_bar,
     scoring_precision_option,

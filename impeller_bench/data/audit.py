@@ -69,10 +69,10 @@ from .audit_measures import (
     FOLDS,
     REGION_DILATION,
     AuditImage,
-    one_hot,
-    out_of_fold_scores,
     defect_blind_measures,
     grouped_auroc,
+    one_hot,
+    out_of_fold_scores,
 )
 
 SEPARABLE_AUROC = 0.7

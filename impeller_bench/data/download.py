@@ -23,8 +23,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from ..common.errors import ImpellerBenchError
-from ..common.files import atomic_file, atomic_write_bytes, sha256_file, staged_directory
-from ..common.files import safe_id
+from ..common.files import (
+    atomic_file,
+    atomic_write_bytes,
+    safe_id,
+    sha256_file,
+    staged_directory,
+)
 from ..common.progress import no_progress
 from .sources.references import KNOWN_SOURCES
 

@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import grouping
 from ..common.imageio import area_average
+from . import grouping
 
 COARSE_SIZE = 40
 COARSE_ROTATIONS = 120  # every 3 degrees

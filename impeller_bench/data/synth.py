@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .writing import RenderedImage, write_rendered
-from .dataset import FORMAT_VERSION, MANIFEST_NAME, manifest_bytes
-from ..common.imageio import encode_png
 from ..common.files import sha256_bytes, staged_directory
+from ..common.imageio import encode_png
 from ..common.progress import no_progress
+from .dataset import FORMAT_VERSION, MANIFEST_NAME, manifest_bytes
+from .writing import RenderedImage, write_rendered
 
 DEFECT_KINDS = ("holes", "chipping", "deburring", "spots")
 GENERATOR_VERSION = 2  # 2: defects about the size of the real ones (median region ~350 px at 256 x 256)

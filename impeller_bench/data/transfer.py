@@ -29,11 +29,19 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import grouping
 from ..common.imageio import read_gray
 from ..common.progress import no_progress
-from .registration import (SAME_PHOTO_MIN_CORRELATION, SAME_PHOTO_MIN_DETAIL, Registration, is_same_photo,
-    prepared_loader, register, residual_shift, transfer_mask)
+from . import grouping
+from .registration import (
+    SAME_PHOTO_MIN_CORRELATION,
+    SAME_PHOTO_MIN_DETAIL,
+    Registration,
+    is_same_photo,
+    prepared_loader,
+    register,
+    residual_shift,
+    transfer_mask,
+)
 from .sources.records import DEFECT, SourceRecord
 
 CANDIDATES_PER_ORIGINAL = 12

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from .writing import region_stats
-from .dataset import MANIFEST_NAME, Dataset, load_dataset
 from ..common.errors import ImpellerBenchError
-from ..common.imageio import decode_image, mask_pixels
 from ..common.files import sha256_bytes
+from ..common.imageio import decode_image, mask_pixels
+from ..common.progress import no_progress
+from .dataset import MANIFEST_NAME, Dataset, load_dataset
 from .report import ERROR, INFO, WARNING, Finding, Report
 from .sources import detect_kind
 from .sources.supervisely import DEFAULT_MIN_REGION_AREA, tiny_region_findings
-from ..common.progress import no_progress
+from .writing import region_stats
 
 
 def validate(path: str | Path, min_region_area: int = DEFAULT_MIN_REGION_AREA, progress=None,

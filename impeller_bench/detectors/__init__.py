@@ -11,10 +11,18 @@ Images are uint8 numpy arrays, H x W (grey) or H x W x 3, all of one size.
 """
 from __future__ import annotations
 
-from .base import Detector, available, check_options, create, detector_class, load, option_names, register
-
 # Importing a detector module registers it.
 from . import ast, padim, patchcore, patchsvdd, spade
+from .base import (
+    Detector,
+    available,
+    check_options,
+    create,
+    detector_class,
+    load,
+    option_names,
+    register,
+)
 from .efficientad import detector as efficientad  # noqa: E402,F401
 
 __all__ = ["Detector", "available", "create", "detector_class", "load", "register"]

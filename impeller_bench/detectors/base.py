@@ -12,9 +12,9 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..common.version import __version__
 from ..common.errors import ImpellerBenchError
 from ..common.files import atomic_write_bytes
+from ..common.version import __version__
 
 _REGISTRY: dict[str, type["Detector"]] = {}
 # 2: EfficientAD's teacher_weights became teacher (a backbone, a file or random).

@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common.backbones import backbone_spec, imagenet_tensor, images01, load_backbone, normalise, weights_path
+from ..common.backbones import (
+    backbone_spec,
+    imagenet_tensor,
+    images01,
+    load_backbone,
+    normalise,
+    weights_path,
+)
 from ..common.errors import ImpellerBenchError
 from .base import Detector
 

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from .base import register
-from .features import FeatureScorer, PretrainedFeatureDetector, PretrainedFeaturesConfig, ScoredByModule
+from .features import (
+    FeatureScorer,
+    PretrainedFeatureDetector,
+    PretrainedFeaturesConfig,
+    ScoredByModule,
+)
 
 
 @dataclass

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 import torch
 
 from .base import TRAINING_IMAGES_FOR_TIMING, register
-from .features import FeatureScorer, PretrainedFeatureDetector, PretrainedFeaturesConfig, ScoredByModule
+from .features import (
+    FeatureScorer,
+    PretrainedFeatureDetector,
+    PretrainedFeaturesConfig,
+    ScoredByModule,
+)
 from .neighbours import greedy_coreset, nearest
 
 

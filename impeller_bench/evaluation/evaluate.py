@@ -24,7 +24,12 @@ from ..common.progress import no_progress
 from ..data.dataset import Dataset, load_dataset
 from ..data.validate import require_valid
 from .predictions import Predictions, check_against, load_predictions
-from .significance import detectable_difference, difference_interval, percentile_interval, verdict
+from .significance import (
+    detectable_difference,
+    difference_interval,
+    percentile_interval,
+    verdict,
+)
 
 FPR_LIMIT = 0.3
 IMAGE_METRICS_UNDEFINED = "image metrics: not defined (no good test images)"

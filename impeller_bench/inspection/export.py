@@ -35,11 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..common.version import __version__
 from .. import detectors
 from ..common.backbones import images01
 from ..common.errors import ImpellerBenchError
 from ..common.files import atomic_write_bytes
+from ..common.version import __version__
 
 INPUT = "image"
 OUTPUTS = ("score", "map")

@@ -20,8 +20,8 @@ on ``TRAINING_IMAGES_FOR_TIMING`` (400) images keeps, recorded as ``memory``
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from .. import detectors
-from ..detectors.base import TRAINING_IMAGES_FOR_TIMING, parse_device
 from ..common.errors import ImpellerBenchError
+from ..detectors.base import TRAINING_IMAGES_FOR_TIMING, parse_device
 
 
 def measure_latencies(methods: Sequence[str], device: str | None = None, runs: int = 50, warmup: int = 5,

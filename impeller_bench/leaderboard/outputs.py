@@ -18,9 +18,9 @@ from .board import (
 )
 from .checks import load_published_dataset
 from .plots import (
-    input_fingerprint,
     draw_latency_plot,
     draw_overlays,
+    input_fingerprint,
     latency_payload,
     png_fingerprint,
 )

@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from ...common.errors import ImpellerBenchError
-from ...common.imageio import is_image_file
 from ...common.files import sha256_bytes
+from ...common.imageio import is_image_file
 from ..report import INFO, Finding
 from .records import DEFECT, GOOD, SourceRecord
 

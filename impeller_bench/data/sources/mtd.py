@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from ...common.errors import ImpellerBenchError
-from ...common.imageio import decode_image, image_pixels, is_image_file
 from ...common.files import sha256_bytes
+from ...common.imageio import decode_image, image_pixels, is_image_file
 from ..report import ERROR, INFO, Finding
 from .records import DEFECT, GOOD, SourceRecord
 

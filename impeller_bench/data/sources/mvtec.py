@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...common.errors import ImpellerBenchError
-from ...common.imageio import is_image_file, read_mask
 from ...common.files import sha256_bytes
+from ...common.imageio import is_image_file, read_mask
 from ..report import ERROR, Finding
 from .records import DEFECT, GOOD, SourceRecord
 

@@ -20,8 +20,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ...common.errors import ImpellerBenchError
-from ...common.imageio import decode_image, decode_upright, is_image_file
 from ...common.files import sha256_bytes
+from ...common.imageio import decode_image, decode_upright, is_image_file
 from ..report import ERROR, INFO, WARNING, Finding
 from .records import DEFECT, GOOD, SourceRecord
 
