@@ -52,7 +52,8 @@ def measure(method: str, dataset, overrides: dict, seed: int, held_share: float,
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data), generator=generator).tolist()
     held = validation_split(order, max(1, round(held_share * len(data))), training_groups(dataset))
-    kept = [k for k in order if k not in set(held)]
+    held_set = set(held)
+    kept = [k for k in order if k not in held_set]
     fit_images, held_images = data[kept], data[held]
     detector.teacher.eval()
     if detector.teacher_kind == "features":
