@@ -2,8 +2,8 @@
 
     python benchmarks/tracks_report.py [--runs runs] [--data data] [--bootstrap 1000] [--out runs/tracks.md]
 
-Reads ``RUNS/<split>/<run>/`` (``impeller-bench run`` outputs, as ``scripts/seed_leaderboard.sh`` writes
-them: ``<method>`` for seed 0, ``<method>-seed<k>`` for the others) and ``DATA/<split>``; evaluates each
+Reads ``RUNS/<split>/<run>/`` (``impeller-bench run`` outputs, as the board's runs were kept before
+``impeller-bench sweep``: ``<method>`` for seed 0, ``<method>-seed<k>`` for the others) and ``DATA/<split>``; evaluates each
 run's predictions at their full resolution with the reference evaluator (bootstrap over photo groups,
 seeded), and writes a Markdown table per split: training and scoring time per run (``meta.json``), every
 metric with its interval and the interval's width, and, for methods with several seeds, their mean and

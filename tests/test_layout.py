@@ -8,7 +8,7 @@ import impeller_bench
 
 PACKAGE = Path(impeller_bench.__file__).parent
 # The pipeline's stages in order: a module may import from its own stage, the stages before it and the floor.
-STAGES = ("common", "data", "detectors", "evaluation", "leaderboard", "inspection", "cli")
+STAGES = ("common", "data", "detectors", "evaluation", "leaderboard", "inspection", "sweeps", "cli")
 MAX_LINES = 450
 # One idea each, that reads best in one place.
 LONG_MODULES = {

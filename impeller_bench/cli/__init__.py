@@ -1,6 +1,6 @@
 """The ``impeller-bench`` command line: a thin layer over the library, one module per command group
 (``data``: build-split, validate, synth, download; ``run``: run, train, predict, latency, export,
-distill-teacher; ``evaluation``: evaluate, compare; ``leaderboard``), the options they share in ``options``."""
+distill-teacher; ``evaluation``: evaluate, compare; ``leaderboard``; ``sweep``), the options they share in ``options``."""
 from __future__ import annotations
 
 import signal
@@ -21,6 +21,7 @@ from .run import (
     run_command,
     train_command,
 )
+from .sweep import sweep_command
 
 
 def _exit_on_terminate(signum, frame):
@@ -56,7 +57,7 @@ def main():
 
 for _command in (build_split_command, validate_command, synth_command, download_command, run_command, train_command,
                  predict_command, latency_command, export_command, distill_teacher_command, evaluate_command,
-                 compare_command, leaderboard_group):
+                 compare_command, leaderboard_group, sweep_command):
     main.add_command(_command)
 
 

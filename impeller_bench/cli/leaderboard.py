@@ -127,12 +127,14 @@ def leaderboard_build_command(board, annotations, data_root, check):
 
 
 @leaderboard_group.command("submit")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="The entry's name (its folder under submissions/).")
-@click.option("--command", "run_command_text", required=True, help="The command that made RUN_DIR, for the record.")
-@click.option("--author", "authors", multiple=True, required=True, help="Repeatable.")
-@click.option("--code", required=True, help="Link to the code that made the predictions.")
-@click.option("--hardware", required=True, help="Where it ran, e.g. '2-core x86-64 CPU, no GPU'.")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", help="The entry's name (its folder under submissions/); for a sweep cell, default: the "
+                             "grid's name pattern.")
+@click.option("--command", "run_command_text", help="The command that made the run, for the record (a sweep "
+                                                    "cell's default: the run command of its definition).")
+@click.option("--author", "authors", multiple=True, help="Repeatable.")
+@click.option("--code", help="Link to the code that made the predictions.")
+@click.option("--hardware", help="Where it ran, e.g. '2-core x86-64 CPU, no GPU'.")
 @click.option("--latency", "latency_json", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Figures written by 'impeller-bench latency --json' (the entry's method is taken from it).")
 @click.option("--map-size", default=64, show_default=True, type=click.IntRange(8, 128), help="Maps are area-averaged down to this side.")
@@ -142,28 +144,72 @@ def leaderboard_build_command(board, annotations, data_root, check):
               help="The published split the run was made on (default: the one its meta.json names).")
 @_board_option
 @click.option("--overwrite", is_flag=True, help="Replace an entry of the same name.")
-def leaderboard_submit_command(run_dir, name, run_command_text, authors, code, hardware, latency_json, map_size,
+def leaderboard_submit_command(run_dirs, name, run_command_text, authors, code, hardware, latency_json, map_size,
                                bootstrap_samples, notes, dataset_dir, board, overwrite):
-    """Package a run's predictions as a submission: compact maps, recomputed claims, submission.json."""
-    from ..evaluation.predictions import load_predictions
-    from ..leaderboard.submission import latency_entry, package_submission
+    """Package runs' predictions as submissions: compact maps, recomputed claims, submission.json.
 
-    run = load_predictions(run_dir)
-    dataset = dataset_for(run, dataset_dir)
-    latency = None
-    if latency_json:
-        latency = latency_entry(json.loads(latency_json.read_text()), run.meta.get("method"), hardware)
-    submission = package_submission(run, board / "submissions" / name, dataset, authors=list(authors), code=code,
-                                    version=f"impeller-bench {__version__}", hardware=hardware, command=run_command_text,
-                                    latency=latency, map_size=map_size, bootstrap_samples=bootstrap_samples, notes=notes,
-                                    overwrite=overwrite, progress=progress_bar)
-    from ..evaluation.evaluate import IMAGE_METRICS_UNDEFINED
+    Each RUN_DIR is a predictions folder ('run --out') or a sweep's cell (SWEEP/cells/NAME): a cell brings its
+    command, and its grid's submission block the name, authors, code, hardware, latency file and notes, so
+    that 'leaderboard submit SWEEP/cells/*' submits a whole sweep. Options given here take precedence."""
+    from ..sweeps.cells import is_cell, submission_defaults
 
-    image_auroc = submission["metrics"]["image_auroc"]
-    click.echo(f"wrote {board / 'submissions' / name}: "
-               f"{IMAGE_METRICS_UNDEFINED if image_auroc is None else f'image AUROC {100 * image_auroc:.2f}'}, "
-               f"pixel PRO@30% {100 * submission['metrics']['pixel_pro_30']:.2f}")
+    if name and len(run_dirs) > 1:
+        raise click.UsageError("--name names one entry: give one RUN_DIR, or sweep cells whose grid names them")
+    given = {"name": name, "command": run_command_text, "authors": list(authors) or None, "code": code,
+             "hardware": hardware, "latency": latency_json, "notes": notes, "dataset_dir": dataset_dir}
+    commit = _git_commit() if any(map(is_cell, run_dirs)) else None
+    entries = []
+    for run_dir in run_dirs:
+        defaults = submission_defaults(run_dir, commit) if is_cell(run_dir) else {"predictions": run_dir}
+        fields = defaults | {k: v for k, v in given.items() if v is not None}
+        missing = [f"--{option}" for option, key in (("name", "name"), ("command", "command"), ("author", "authors"),
+                                                      ("code", "code"), ("hardware", "hardware")) if not fields.get(key)]
+        if missing:
+            raise click.UsageError(f"{run_dir}: missing {', '.join(missing)} (a sweep cell's grid can give them "
+                                   "in its submission block)")
+        entries.append(fields)
+    for fields in entries:
+        _submit_one(fields, board, map_size, bootstrap_samples, overwrite)
     ctx = click.get_current_context()
     where = f" --board {board}" if ctx.get_parameter_source("board") == click.core.ParameterSource.COMMANDLINE else ""
     click.echo(f"then: impeller-bench leaderboard validate{where} && impeller-bench leaderboard build{where} "
                "(both take --annotations and --data too, where the splits are not the defaults)")
+
+
+def _submit_one(fields: dict, board: Path, map_size: int, bootstrap_samples: int, overwrite: bool) -> None:
+    from ..common.errors import ImpellerBenchError
+    from ..evaluation.evaluate import IMAGE_METRICS_UNDEFINED
+    from ..evaluation.predictions import load_predictions
+    from ..leaderboard.submission import latency_entry, package_submission
+
+    run = load_predictions(fields["predictions"])
+    dataset = dataset_for(run, fields.get("dataset_dir") and Path(fields["dataset_dir"]))
+    latency = None
+    if fields.get("latency"):
+        path = Path(fields["latency"])
+        try:
+            figures = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ImpellerBenchError(f"cannot read the latency figures ({exc.__class__.__name__})", path) from None
+        latency = latency_entry(figures, run.meta.get("method"), fields["hardware"])
+    name = fields["name"]
+    submission = package_submission(run, board / "submissions" / name, dataset, authors=list(fields["authors"]),
+                                    code=fields["code"], version=f"impeller-bench {__version__}",
+                                    hardware=fields["hardware"], command=fields["command"], latency=latency,
+                                    map_size=map_size, bootstrap_samples=bootstrap_samples, notes=fields.get("notes"),
+                                    overwrite=overwrite, progress=progress_bar)
+    image_auroc = submission["metrics"]["image_auroc"]
+    click.echo(f"wrote {board / 'submissions' / name}: "
+               f"{IMAGE_METRICS_UNDEFINED if image_auroc is None else f'image AUROC {100 * image_auroc:.2f}'}, "
+               f"pixel PRO@30% {100 * submission['metrics']['pixel_pro_30']:.2f}")
+
+
+def _git_commit() -> str | None:
+    """This checkout's commit (short), for a grid's {commit}; None outside a git checkout."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None

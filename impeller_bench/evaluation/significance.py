@@ -76,9 +76,18 @@ def seeds_and_groups_interval(a: np.ndarray, b: np.ndarray, seed: int = 0,
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"expected two seeds x replicates tables of one shape, got {a.shape} and {b.shape}")
-    seeds, replicates = a.shape
+    return seeds_and_groups_mean_interval(b - a, seed, level)
+
+
+def seeds_and_groups_mean_interval(values: np.ndarray, seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
+    """The (1 - level) interval of the mean over training seeds of one seeds x replicates table (row k: the
+    bootstrap replicates of seed k's fit), resampling photo groups (the columns) and seeds (seeded)."""
+    values = np.asarray(values, np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"expected a seeds x replicates table, got shape {values.shape}")
+    seeds, replicates = values.shape
     picks = np.random.default_rng(seed).integers(0, seeds, (seeds, replicates))
-    return percentile_interval(np.take_along_axis(b - a, picks, axis=0).mean(axis=0), level)
+    return percentile_interval(np.take_along_axis(values, picks, axis=0).mean(axis=0), level)
 
 
 def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
