@@ -33,6 +33,7 @@ from impeller_bench.evaluation.evaluate import evaluate
 from impeller_bench.evaluation.predictions import load_predictions, write_predictions
 from impeller_bench.leaderboard import board as leaderboard
 from impeller_bench.leaderboard import checks, outputs, plots, submission
+from impeller_bench.leaderboard import site as site_module
 
 BOARD = REPO / "leaderboard"
 ANNOTATIONS = REPO / "annotations"
@@ -245,9 +246,12 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     shutil.copytree(folder, second)
     edit_claims(second, lambda d: d.update(name="median-diff-copy", latency={
         "median_ms": 3.0, "p90_ms": 4.0, "hardware": "CI", "protocol": {"device": "cpu", "threads": 2}}))
-    assert set(outputs.outdated(board, annotations)) == {"README.md", "results.csv", "latency_vs_pro.png"}
+    before_build = outputs.outdated(board, annotations)
+    assert {n for n in before_build if not n.startswith("site/")} == {"README.md", "results.csv", "latency_vs_pro.png"}
+    assert "site/index.html" in before_build and "site/entries/median-diff-copy/index.html" in before_build
     result = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", data_root)
     assert result.exit_code == 0, result.output
+    assert f"wrote {board / 'site'}/: " in result.output
     assert run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations).exit_code == 0
     readme = (board / "README.md").read_text()
     assert "<code>median-diff</code>" in readme and "<code>median-diff-copy</code>" in readme
@@ -258,9 +262,13 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     assert len(rows) == 3 and rows[0].startswith("split,name,method,rank_image,rank_pixel")
     for png in ("latency_vs_pro.png", "overlays.png"):
         assert plots.png_fingerprint(board / png) is not None
-    # A changed claim makes the tables and the latency plot stale.
+    _check_the_site(board, annotations, data_root, tmp_path)
+    # A changed claim makes the tables, the latency plot and the pages that show it stale.
     edit_claims(second, lambda d: d["latency"].update(median_ms=5.0))
-    assert set(outputs.outdated(board, annotations)) == {"README.md", "results.csv", "latency_vs_pro.png"}
+    stale_now = outputs.outdated(board, annotations)
+    assert {n for n in stale_now if not n.startswith("site/")} == {"README.md", "results.csv", "latency_vs_pro.png"}
+    assert {"site/index.html", "site/entries/median-diff-copy/index.html", "site/latency_vs_pro.png"} <= set(stale_now)
+    assert "site/entries/median-diff/index.html" not in stale_now
     stale = run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations)
     assert stale.exit_code == 1 and "out of date: " in stale.output
     # A build without the split built names what to do and leaves the committed files as they were.
@@ -268,6 +276,54 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     missing = run("leaderboard", "build", "--board", board, "--annotations", annotations, "--data", tmp_path / "nothing")
     assert missing.exit_code == 2 and "is not built here" in missing.output
     assert (board / "README.md").read_bytes() == before
+
+
+def _check_the_site(board, annotations, data_root, tmp_path):
+    """The site the build wrote: its pages and figures, and that --check catches hand edits, stray files and
+    figures of other maps; publish draws the photos, never into the committed site."""
+    from PIL import Image
+
+    site = board / "site"
+    page = site / "entries" / "median-diff"
+    for name in ("index.html", "figures.json", "curves.png", "maps.png"):
+        assert (page / name).is_file(), name
+    assert (site / "index.html").is_file() and (site / "tracks" / "synthetic-impellers.html").is_file()
+    assert sum(p.stat().st_size for p in page.iterdir()) < 300_000  # a light entry page
+    figures = json.loads((page / "figures.json").read_text())
+    assert {"image_roc", "pixel_roc", "pro"} <= set(figures["curves"]) and figures["examples"]
+    rated = [e["pixel_auroc"] for e in figures["examples"]]
+    assert rated == sorted(rated, reverse=True)  # best first, worst last
+    assert Image.open(page / "maps.png").width == site_module.TILE  # the maps alone: no photo committed
+    index = (site / "index.html").read_text()
+    assert "median-diff-copy" in index and "<script" in index and "http://" not in index and "https://" not in index
+
+    def check() -> list[str]:
+        result = run("leaderboard", "build", "--check", "--board", board, "--annotations", annotations)
+        return [line for line in result.output.splitlines() if line.startswith("out of date")]
+
+    original = (site / "index.html").read_text()
+    (site / "index.html").write_text(original.replace("median-diff-copy", "median-diff-kopie", 1))
+    assert check() == [f"out of date: {site / 'index.html'}"]  # a hand edit
+    (site / "index.html").write_text(original)
+    (site / "extra.html").write_text("<p>mine</p>")
+    assert check() == [f"out of date: {site / 'extra.html'} (not made by the build)"]
+    (site / "extra.html").unlink()
+    kept = (page / "figures.json").read_text()
+    (page / "figures.json").write_text(kept.replace(figures["maps_sha256"], "0" * 64))
+    assert f"out of date: {page / 'figures.json'} (missing or made from other maps)" in check()
+    (page / "figures.json").write_text(kept)
+    assert check() == []
+
+    published_site = tmp_path / "published"
+    result = run("leaderboard", "publish", "--out", published_site, "--board", board, "--annotations", annotations,
+                 "--data", data_root)
+    assert result.exit_code == 0, result.output
+    assert Image.open(published_site / "entries" / "median-diff" / "maps.png").width == 2 * site_module.TILE + 4
+    assert "outlined in cyan" in (published_site / "entries" / "median-diff" / "index.html").read_text()
+    refused = run("leaderboard", "publish", "--out", site, "--board", board, "--annotations", annotations,
+                  "--data", data_root)
+    assert refused.exit_code != 0 and "holds no photos" in refused.output
+    assert check() == []
 
 
 def test_overlays_show_images_spread_over_defect_sizes(synthetic_registry):

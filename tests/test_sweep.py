@@ -17,13 +17,27 @@ from click.testing import CliRunner
 
 from impeller_bench.cli import main
 from impeller_bench.common.errors import ImpellerBenchError
+from impeller_bench.detectors import base as detectors_base
 from impeller_bench.sweeps import cells as sweep_cells
 from impeller_bench.sweeps.engine import import_modules, plan_workers, run_sweep
 from impeller_bench.sweeps.grid import Cell, expand, parse_set, read_grid
 from impeller_bench.sweeps.results import summary_table, write_results
 
 HELPERS = Path(__file__).with_name("sweep_detectors.py")
-import_modules([HELPERS])  # registers mean-diff, crash-once and always-fails here too
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sweep_detectors_registered():
+    """mean-diff, crash-once and always-fails registered here too, for this module's tests only: the other
+    modules see the package's own detectors."""
+    before = dict(detectors_base._REGISTRY)
+    import_modules([HELPERS])
+    yield
+    detectors_base._REGISTRY.clear()
+    detectors_base._REGISTRY.update(before)
+    sys.modules.pop(HELPERS.stem, None)
+
+
 METRICS = ["image_auroc", "pixel_auroc", "pixel_pro_30", "pixel_f1_max"]
 
 

@@ -58,7 +58,7 @@ def check_invocation(line: str) -> None:
 
 def test_every_workflow_parses_and_runs_on_ubuntu():
     names = sorted(p.name for p in WORKFLOWS.glob("*.yml"))
-    assert names == ["leaderboard.yml", "tests.yml"]
+    assert names == ["leaderboard.yml", "site.yml", "tests.yml"]
     for name in names:
         workflow = load(name)
         assert workflow["jobs"] and all(job["runs-on"].startswith("ubuntu") for job in workflow["jobs"].values())
@@ -104,8 +104,28 @@ def test_leaderboard_workflow_judges_a_pull_request_with_the_base_code_and_keeps
     assert len(with_secrets) == 1 and "download" in steps[with_secrets[0]]["run"]
     assert with_secrets[0] < checkouts[1]  # the key is used and gone before the request's files are on the disk
     installs = [step["run"] for step in steps if "pip install" in step.get("run", "")]
-    assert installs == ["pip install torch==2.13.0 -e ./base kaggle"]  # only the base code is installed
+    assert installs == ['pip install torch==2.13.0 -e "./base[site]" kaggle']  # only the base code is installed
     assert all(step.get("working-directory") == "base" for step in steps if "impeller-bench" in step.get("run", ""))
+
+
+def test_site_workflow_checks_the_committed_site_then_publishes_it_from_main():
+    workflow = load("site.yml")
+    assert workflow["on"]["push"]["branches"] == ["main"] and "leaderboard/**" in workflow["on"]["push"]["paths"]
+    assert workflow["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+    build, deploy = workflow["jobs"]["build"], workflow["jobs"]["deploy"]
+    calls = [line for line in run_lines({"jobs": {"build": build}}) if line.startswith("impeller-bench ")]
+    for line in calls:
+        check_invocation(line)
+    names = [resolve(shlex.split(c)[1:])[0].name for c in calls]
+    assert names == ["build", "download"] + ["build-split"] * 3 + ["publish"]
+    assert "--check" in calls[0]  # a stale committed site stops the job before anything is published
+    built = {shlex.split(c)[shlex.split(c).index("--split") + 1] for c in calls[2:5]}
+    assert built == {f"annotations/{split}.json" for split in published.SPLITS
+                     if published.status(split) != published.DEPRECATED}
+    out = shlex.split(calls[-1])[shlex.split(calls[-1]).index("--out") + 1]
+    upload = next(step for step in build["steps"] if step.get("uses", "").startswith("actions/upload-pages-artifact"))
+    assert upload["with"]["path"] == out
+    assert deploy["needs"] == "build" and deploy["steps"][0]["uses"].startswith("actions/deploy-pages")
 
 
 @pytest.mark.parametrize("line", ["impeller-bench nonsense", "impeller-bench leaderboard build --chekc"])

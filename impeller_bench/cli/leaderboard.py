@@ -13,7 +13,7 @@ from .options import dataset_for, progress_bar
 
 @click.group("leaderboard")
 def leaderboard_group():
-    """Validate submissions, package a run as one, and build the leaderboard's tables and plots."""
+    """Validate submissions, package a run as one, and build the leaderboard's tables, plots and web site."""
 
 
 _board_option = click.option("--board", default="leaderboard", show_default=True, type=click.Path(file_okay=False, path_type=Path),
@@ -111,10 +111,12 @@ def leaderboard_check_pr_command(changes, pr_root, board, annotations, data_root
 @_data_option
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 when a committed file is missing or out of date.")
 def leaderboard_build_command(board, annotations, data_root, check):
-    """Regenerate README.md, results.csv and the plots of the board from its submissions.
+    """Regenerate README.md, results.csv, the plots and the web site (site/) of the board from its submissions.
 
-    overlays.png (maps over test images) needs the built split and is not committed."""
+    The site's figures (curves, breakdowns, the best and worst test images) and overlays.png (maps over test
+    images, not committed) need the built splits; --check needs no data."""
     from ..leaderboard.outputs import build_board, outdated
+    from ..leaderboard.site import SITE_DIR
 
     if check:
         stale = outdated(board, annotations)
@@ -122,8 +124,32 @@ def leaderboard_build_command(board, annotations, data_root, check):
             click.echo(f"out of date: {board / name}")
         click.echo("run: impeller-bench leaderboard build" if stale else f"{board}: up to date")
         sys.exit(1 if stale else 0)
-    for path in build_board(board, annotations, data_root):
-        click.echo(f"wrote {path}")
+    site = board / SITE_DIR
+    written = build_board(board, annotations, data_root)
+    for path in written:
+        if site not in path.parents:
+            click.echo(f"wrote {path}")
+    click.echo(_site_line(site, [p for p in written if site in p.parents]))
+
+
+def _site_line(site: Path, files: list[Path]) -> str:
+    size = sum(p.stat().st_size for p in files)
+    return f"wrote {site}/: {len(files)} files, {size / 1024:.0f} KiB (open it: python -m http.server -d {site})"
+
+
+@leaderboard_group.command("publish")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the site into (replaced whole when complete); not the committed site/.")
+@_board_option
+@_annotations_option
+@_data_option
+def leaderboard_publish_command(out, board, annotations, data_root):
+    """Write the site for the web: the committed site's pages, each entry's best and worst test images shown
+    as the photo, then its map over the photo with the defect outlined (the photos come from the built splits
+    under --data and never enter the repository). The Pages workflow runs this."""
+    from ..leaderboard.site import publish_site
+
+    click.echo(_site_line(out, publish_site(out, board, annotations, data_root)))
 
 
 @leaderboard_group.command("submit")

@@ -16,6 +16,7 @@ import numpy as np
 from ..common.errors import ImpellerBenchError
 from ..common.files import atomic_write_bytes, staged_directory
 from ..common.imageio import IMAGE_SUFFIXES, encode_png, is_image_file, read_image
+from ..common.overlay import heat_overlay
 from .calibration import PREDICT_BATCH, Calibration
 from .model import InspectionModel, Judgement
 
@@ -55,17 +56,10 @@ def input_files(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
 def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray, calibration: Calibration) -> bytes:
     """The image beside itself under a heat map (on one scale for every image: the normal pixels' median is
     cold, the pixel threshold mid-way, twice as far hot), with the defect mask's outline, as PNG bytes."""
-    from matplotlib import colormaps
-    from scipy.ndimage import binary_erosion
-
     rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
     span = max(calibration.pixel_threshold - calibration.pixel_reference, 1e-12)
-    heat = np.clip((anomaly_map - calibration.pixel_reference) / (2 * span), 0, 1)
-    alpha = 0.65 * heat[..., None]
-    blended = (1 - alpha) * rgb + alpha * 255 * colormaps["inferno"](heat)[..., :3]
-    outline = mask & ~binary_erosion(mask, iterations=max(1, round(min(mask.shape) / 256)))
-    blended[outline] = (0, 255, 255)
-    return encode_png(np.concatenate([rgb, blended.round().astype(np.uint8)], axis=1))
+    heat = (anomaly_map - calibration.pixel_reference) / (2 * span)
+    return encode_png(np.concatenate([rgb, heat_overlay(rgb, heat, mask)], axis=1))
 
 
 def predict_files(model: InspectionModel, inputs: Iterable[str | Path], out: str | Path,

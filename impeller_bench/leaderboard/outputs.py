@@ -1,5 +1,5 @@
-"""The board's generated files: what each must hold, whether the committed ones are current, and
-writing them."""
+"""The board's generated files (the README's tables, results.csv, the plots and the web site under
+``site/``): what each must hold, whether the committed ones are current, and writing them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,6 +24,7 @@ from .plots import (
     latency_payload,
     png_fingerprint,
 )
+from .site import SITE_DIR, card_text, site_outdated, write_site
 
 
 def expected_outputs(entries: list[dict], annotations: str | Path) -> dict[str, str]:
@@ -35,8 +36,9 @@ def expected_outputs(entries: list[dict], annotations: str | Path) -> dict[str, 
 def outdated(board: str | Path, annotations: str | Path) -> list[str]:
     """The committed files that are missing or do not match the submissions (empty when up to date)."""
     board = Path(board)
+    entries = load_entries(board)
     stale = []
-    for name, expected in expected_outputs(load_entries(board), annotations).items():
+    for name, expected in expected_outputs(entries, annotations).items():
         path = board / name
         if name.endswith(".png"):
             current = png_fingerprint(path) if path.is_file() else None
@@ -44,11 +46,12 @@ def outdated(board: str | Path, annotations: str | Path) -> list[str]:
             current = path.read_text() if path.is_file() else None
         if current != expected:
             stale.append(name)
-    return stale
+    return stale + site_outdated(board, entries, annotations, card_text(annotations))
 
 
 def build_board(board: str | Path, annotations: str | Path, data_root: str | Path) -> list[Path]:
-    """Regenerate every file of the board; the overlays need the built splits under ``data_root``."""
+    """Regenerate every file of the board; the overlays and the site's figures need the built splits under
+    ``data_root``."""
     board, annotations, data_root = Path(board), Path(annotations), Path(data_root)
     entries = load_entries(board)
     # Every split is checked before anything is written: a missing one leaves the board as it was.
@@ -58,4 +61,5 @@ def build_board(board: str | Path, annotations: str | Path, data_root: str | Pat
     atomic_write_bytes(board / CSV_NAME, expected[CSV_NAME].encode())
     draw_latency_plot(entries, board / LATENCY_PLOT)
     draw_overlays(entries, annotations, datasets, board / OVERLAY_PLOT)
-    return [board / name for name in (*expected, OVERLAY_PLOT) if (board / name).is_file()]
+    site = write_site(board / SITE_DIR, board, entries, annotations, datasets, card_text(annotations))
+    return [board / name for name in (*expected, OVERLAY_PLOT) if (board / name).is_file()] + site
