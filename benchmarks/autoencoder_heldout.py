@@ -109,7 +109,7 @@ def main() -> None:
             rows.append(row)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"\n| variant | seed | views | train -> held-out at the end | best held-out (step) |\n|---|---|---|---|---|")
+    print("\n| variant | seed | views | train -> held-out at the end | best held-out (step) |\n|---|---|---|---|---|")
     for row in rows:
         last = row["curve"][-1]
         best = min(row["curve"], key=lambda point: point["held_out"])

@@ -14,6 +14,7 @@ from conftest import REPO
 
 from impeller_bench import detectors
 from impeller_bench.cli import main
+from impeller_bench.cli.options import detector_options
 from impeller_bench.common.errors import ImpellerBenchError
 from impeller_bench.common.files import atomic_write_bytes, staged_directory
 from impeller_bench.common.progress import format_seconds, report_lines
@@ -178,6 +179,17 @@ def test_help_lists_every_registered_method(command):
     result = CliRunner().invoke(main, [command, "--help"])
     assert result.exit_code == 0
     assert f"Methods: {', '.join(methods)}." in " ".join(result.output.split())
+
+
+def test_the_detector_settings_run_takes_are_the_ones_a_sweep_writes_as_options():
+    """A sweep cell's command uses a flag for exactly these settings (the others go in its comment)."""
+    from impeller_bench.inspection.runner import COMMAND_LINE_OPTIONS
+
+    flags = {opt for param in main.commands["run"].params for opt in param.opts}
+    assert {f"--{key.replace('_', '-')}" for key in COMMAND_LINE_OPTIONS} <= flags
+    every = {name: "x" for name in ("teacher", "precision", "map_padding", "anomaly_map", "scoring_precision",
+                                    "decoder", "dropout", "backbone", "backbone_weights", "layers")}
+    assert set(detector_options(**every)) - {"cover_border"} == set(COMMAND_LINE_OPTIONS)
 
 
 def test_compare_options_have_help():

@@ -238,7 +238,7 @@ def test_stored_replicates_are_checked_against_the_recomputed_ones(entry):
     only_problem(validate(), "no bootstrap.npy")
 
 
-def test_build_and_check(entry, synthetic_registry, tmp_path):
+def test_build_and_check(entry, synthetic_registry, tmp_path, monkeypatch):
     folder, _ = entry
     data_root, annotations, _ = synthetic_registry
     board = folder.parent.parent
@@ -262,7 +262,7 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     assert len(rows) == 3 and rows[0].startswith("split,name,method,rank_image,rank_pixel")
     for png in ("latency_vs_pro.png", "overlays.png"):
         assert plots.png_fingerprint(board / png) is not None
-    _check_the_site(board, annotations, data_root, tmp_path)
+    _check_the_site(board, annotations, data_root, tmp_path, monkeypatch)
     # A changed claim makes the tables, the latency plot and the pages that show it stale.
     edit_claims(second, lambda d: d["latency"].update(median_ms=5.0))
     stale_now = outputs.outdated(board, annotations)
@@ -278,7 +278,7 @@ def test_build_and_check(entry, synthetic_registry, tmp_path):
     assert (board / "README.md").read_bytes() == before
 
 
-def _check_the_site(board, annotations, data_root, tmp_path):
+def _check_the_site(board, annotations, data_root, tmp_path, monkeypatch):
     """The site the build wrote: its pages and figures, and that --check catches hand edits, stray files and
     figures of other maps; publish draws the photos, never into the committed site."""
     from PIL import Image
@@ -323,6 +323,31 @@ def _check_the_site(board, annotations, data_root, tmp_path):
     refused = run("leaderboard", "publish", "--out", site, "--board", board, "--annotations", annotations,
                   "--data", data_root)
     assert refused.exit_code != 0 and "holds no photos" in refused.output
+    again = run("leaderboard", "publish", "--out", published_site, "--board", board, "--annotations", annotations,
+                "--data", data_root)
+    assert again.exit_code == 0, again.output  # an earlier publish is replaced
+    assert sorted(p.name for p in published_site.parent.iterdir() if p.name.startswith(".published")) == []
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    (tmp_path / "a-file").write_text("keep me too")
+    (tmp_path / "linked").symlink_to(published_site)
+    for out, says in ((foreign, "is not a site from an earlier publish"), (board.parent, "holds the leaderboard"),
+                      (data_root, "holds the built splits"), (board / "submissions" / "new", "inside the leaderboard"),
+                      (tmp_path / "a-file", "is a file"), (tmp_path / "linked", "a symbolic link")):
+        refused = run("leaderboard", "publish", "--out", out, "--board", board, "--annotations", annotations,
+                      "--data", data_root)
+        assert refused.exit_code != 0 and says in refused.output, (out, refused.output)
+    assert (foreign / "mine.txt").read_text() == "keep me" and board.is_dir()
+    assert not (board / "submissions" / "new").exists() and (tmp_path / "a-file").read_text() == "keep me too"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with monkeypatch.context() as patch:  # '.', an empty folder: staged beside it, then swapped in
+        patch.chdir(empty)
+        here = run("leaderboard", "publish", "--out", ".", "--board", board, "--annotations", annotations,
+                   "--data", data_root)
+    assert here.exit_code == 0, here.output
+    assert (empty / "index.html").is_file() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert check() == []
 
 
@@ -609,8 +634,8 @@ def test_entries_alike_in_name_or_identical_in_maps_are_flagged(entry, synthetic
     copy = entries / "padim-copy"
     shutil.copytree(folder, copy)  # a byte-identical copy, relabelled: the reported case
     edit_claims(copy, lambda d: d.update(name="padim-copy", method="ours"))
-    lookalikes = [_submit_distinct(synthetic_registry, entries.parent, name, sigma)
-                  for name, sigma in (("MEDIAN-DIFF", 3.0), ("rnedian_diff", 5.0), ("honest", 6.0))]
+    for name, sigma in (("MEDIAN-DIFF", 3.0), ("rnedian_diff", 5.0), ("honest", 6.0)):
+        _submit_distinct(synthetic_registry, entries.parent, name, sigma)
     problems = cross_entry_problems(sorted(entries.iterdir()))
     by_name = {f.name: "\n".join(p) for f, p in problems.items()}
     assert "identical to entry 'padim-copy'" in by_name["median-diff"]

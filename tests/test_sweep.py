@@ -4,6 +4,7 @@ again elsewhere and is recorded once; a failing cell is recorded and the rest fi
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from impeller_bench.detectors import base as detectors_base
 from impeller_bench.sweeps import cells as sweep_cells
 from impeller_bench.sweeps.engine import import_modules, plan_workers, run_sweep
 from impeller_bench.sweeps.grid import Cell, expand, parse_set, read_grid
-from impeller_bench.sweeps.results import summary_table, write_results
+from impeller_bench.sweeps.results import write_results
 
 HELPERS = Path(__file__).with_name("sweep_detectors.py")
 
@@ -84,14 +85,29 @@ def assert_same_cells(a: dict, b: dict) -> None:
 
 
 def test_grid_expands_into_cells_keyed_by_their_definition(tiny, tmp_path):
-    cells = expand(small_grid(tiny) | {"set": {"anomaly_map": ["combined", "local"]}})
+    cells = expand(small_grid(tiny))
     assert [(c.method, c.seed) for c in cells] == [("padim", 0), ("padim", 1), ("mean-diff", 0), ("mean-diff", 1)]
-    assert all(c.options == () for c in cells)  # anomaly_map goes only to the methods that have it
     assert len({c.digest for c in cells}) == 4
     assert expand(small_grid(tiny))[0].digest == cells[0].digest  # the same definition, the same cell
-    ours = expand({"datasets": [str(tiny)], "methods": {"ours": {}}, "set": {"anomaly_map": ["combined", "local"]}})
+    mixed = expand(small_grid(tiny) | {"methods": {"padim": {}, "ours": {}}, "seeds": [0],
+                                       "set": {"anomaly_map": ["combined", "local"]}})
+    assert [c.method for c in mixed] == ["padim", "ours", "ours"]
+    assert mixed[0].digest == cells[0].digest  # anomaly_map goes only to the methods that have it
+    ours = mixed[1:]
     assert [dict(c.options) for c in ours] == [{"anomaly_map": "combined"}, {"anomaly_map": "local"}]
-    assert "--anomaly-map local" in ours[1].run_command
+    assert "--anomaly-map local" in ours[1].run_command and "--device cpu" in ours[1].run_command
+    odd = Cell(**(ours[1].to_dict() | {"dataset": "/data/my track", "options": (("layers", ("stage3", "stage5")),
+                                                                              ("lr", 0.0001))}))
+    words = shlex.split(odd.run_command.split("  #")[0])
+    assert words[words.index("--dataset") + 1] == "/data/my track"  # quoted
+    assert words[words.index("--layers") + 1] == "stage3,stage5"  # a tuple of values, as run takes it
+    assert "--lr" not in words and odd.run_command.endswith("# with lr=0.0001 (no run option: set by the grid)")
+    # run's --map-padding also turns the border cover off: the flag only where the cell does the same
+    framed = Cell(**(ours[1].to_dict() | {"options": (("cover_border", False), ("map_padding", "zero"))}))
+    assert framed.run_command.endswith("--map-padding zero")
+    covered = Cell(**(ours[1].to_dict() | {"options": (("map_padding", "zero"),)}))
+    assert "--map-padding" not in covered.run_command and covered.run_command.endswith("# with map_padding=zero "
+                                                                                        "(no run option: set by the grid)")
     moved = tmp_path / "moved"
     shutil.copytree(tiny, moved)
     assert expand(small_grid(moved))[0].digest == cells[0].digest  # known by the manifest, not the path
@@ -112,6 +128,14 @@ def test_grid_mistakes_are_one_clear_error(tiny, tmp_path):
         expand({"datasets": [str(tiny)], "methods": ["nope"]})
     with pytest.raises(ImpellerBenchError, match="whole numbers"):
         expand({"datasets": [str(tiny)], "methods": ["padim"], "seeds": ["a"]})
+    with pytest.raises(ImpellerBenchError, match="more than once"):
+        expand({"datasets": [str(tiny)], "methods": ["padim"], "seeds": [0, 1, 0]})
+    with pytest.raises(ImpellerBenchError, match="no_such is an option of none"):
+        expand({"datasets": [str(tiny)], "methods": ["padim"], "set": {"no_such": [1]}})  # not dropped silently
+    with pytest.raises(ImpellerBenchError, match="seed is a cell's own setting.*seeds:"):
+        expand({"datasets": [str(tiny)], "methods": {"padim": {"set": {"seed": [3]}}}})
+    with pytest.raises(ImpellerBenchError, match="methods: a list of names"):
+        expand({"datasets": [str(tiny)], "methods": "padim"})
     assert parse_set("dropout=0.2,0") == ("dropout", [0.2, 0])
     with pytest.raises(ImpellerBenchError, match="KEY=VALUE"):
         parse_set("dropout")
@@ -267,12 +291,33 @@ def test_sweep_command_and_submit_from_its_cells(tiny, tmp_path):
     submitted = json.loads((tmp_path / "board" / "submissions" / entries[1] / "submission.json").read_text())
     assert submitted["command"].startswith("impeller-bench run mean-diff --dataset") and "--seed 1" in submitted["command"]
     assert submitted["notes"] == "a test detector" and submitted["authors"] == ["tests"]
+    assert "commit" in sweep_cells.read_record(folders[1])  # the code that ran it (None outside a checkout)
     # the scores go in as they are (the maps are shrunk to 16 px): the image metrics are the cell's
     assert submitted["metrics"]["image_auroc"] == pytest.approx(
         sweep_cells.read_record(folders[1])["metrics"]["image_auroc"], abs=1e-12)
     result = runner.invoke(main, ["leaderboard", "submit", str(folders[0]), str(folders[1]), "--name", "x",
                                   "--board", str(tmp_path / "board")])
     assert result.exit_code == 2 and "--name names one entry" in result.output
+    record = json.loads((folders[1] / "cell.json").read_text())
+    record["commit"] = "abc1234"  # as if another checkout had run it: the entry names that code
+    record["cell"]["options"] = [["layers", ["stage3", "stage5"]], ["backbone_weights", "/w/x y.pth"]]
+    record["cell"]["submission"]["name"] = "{method}{options}"
+    (folders[1] / "cell.json").write_text(json.dumps(record))
+    result = runner.invoke(main, ["leaderboard", "submit", str(folders[1]), "--board", str(tmp_path / "board")])
+    assert result.exit_code == 0, result.output
+    named = tmp_path / "board" / "submissions" / "mean-diff-layers-stage3-stage5-backbone_weights-w-x-y.pth"
+    assert json.loads((named / "submission.json").read_text())["code"] == "commit abc1234"
+    result = runner.invoke(main, ["leaderboard", "submit", str(folders[1]), "--name", "a/b", "--board",
+                                  str(tmp_path / "board")])
+    assert result.exit_code != 0 and "entry name 'a/b' is unsafe" in result.output
+    for folder in folders:  # as if the grid had a seed-free name: the second entry would replace the first
+        record = json.loads((folder / "cell.json").read_text())
+        record["cell"]["submission"]["name"] = "{method}-{track}"
+        (folder / "cell.json").write_text(json.dumps(record))
+    result = runner.invoke(main, ["leaderboard", "submit", *map(str, folders), "--board", str(tmp_path / "board"),
+                                  "--overwrite"])
+    assert result.exit_code == 2 and "would both be entry 'mean-diff-synthetic-impellers'" in result.output
+    assert "{seed_suffix} for seeds" in result.output
 
 
 def test_seeds_and_groups_interval_of_a_mean():

@@ -139,7 +139,8 @@ def _site_line(site: Path, files: list[Path]) -> str:
 
 @leaderboard_group.command("publish")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write the site into (replaced whole when complete); not the committed site/.")
+              help="Folder to write the site into (replaced whole when complete): new, empty or an earlier "
+                   "publish; not the committed site/, nor a folder holding or inside the board.")
 @_board_option
 @_annotations_option
 @_data_option
@@ -183,10 +184,9 @@ def leaderboard_submit_command(run_dirs, name, run_command_text, authors, code, 
         raise click.UsageError("--name names one entry: give one RUN_DIR, or sweep cells whose grid names them")
     given = {"name": name, "command": run_command_text, "authors": list(authors) or None, "code": code,
              "hardware": hardware, "latency": latency_json, "notes": notes, "dataset_dir": dataset_dir}
-    commit = _git_commit() if any(map(is_cell, run_dirs)) else None
     entries = []
     for run_dir in run_dirs:
-        defaults = submission_defaults(run_dir, commit) if is_cell(run_dir) else {"predictions": run_dir}
+        defaults = submission_defaults(run_dir) if is_cell(run_dir) else {"predictions": run_dir}
         fields = defaults | {k: v for k, v in given.items() if v is not None}
         missing = [f"--{option}" for option, key in (("name", "name"), ("command", "command"), ("author", "authors"),
                                                       ("code", "code"), ("hardware", "hardware")) if not fields.get(key)]
@@ -194,6 +194,13 @@ def leaderboard_submit_command(run_dirs, name, run_command_text, authors, code, 
             raise click.UsageError(f"{run_dir}: missing {', '.join(missing)} (a sweep cell's grid can give them "
                                    "in its submission block)")
         entries.append(fields)
+    named = {}
+    for run_dir, fields in zip(run_dirs, entries):
+        if fields["name"] in named:
+            raise click.UsageError(f"{named[fields['name']]} and {run_dir} would both be entry {fields['name']!r}: "
+                                   "the grid's name pattern must tell its cells apart ({seed_suffix} for seeds, "
+                                   "{options} for options)")
+        named[fields["name"]] = run_dir
     for fields in entries:
         _submit_one(fields, board, map_size, bootstrap_samples, overwrite)
     ctx = click.get_current_context()
@@ -206,7 +213,7 @@ def _submit_one(fields: dict, board: Path, map_size: int, bootstrap_samples: int
     from ..common.errors import ImpellerBenchError
     from ..evaluation.evaluate import IMAGE_METRICS_UNDEFINED
     from ..evaluation.predictions import load_predictions
-    from ..leaderboard.submission import latency_entry, package_submission
+    from ..leaderboard.submission import SAFE_NAME, latency_entry, package_submission
 
     run = load_predictions(fields["predictions"])
     dataset = dataset_for(run, fields.get("dataset_dir") and Path(fields["dataset_dir"]))
@@ -219,6 +226,9 @@ def _submit_one(fields: dict, board: Path, map_size: int, bootstrap_samples: int
             raise ImpellerBenchError(f"cannot read the latency figures ({exc.__class__.__name__})", path) from None
         latency = latency_entry(figures, run.meta.get("method"), fields["hardware"])
     name = fields["name"]
+    if not SAFE_NAME.match(name) or ".." in name:
+        raise ImpellerBenchError(f"entry name {name!r} is unsafe (letters, digits, '_', '-', '.'; no '/')",
+                                 board / "submissions")
     submission = package_submission(run, board / "submissions" / name, dataset, authors=list(fields["authors"]),
                                     code=fields["code"], version=f"impeller-bench {__version__}",
                                     hardware=fields["hardware"], command=fields["command"], latency=latency,
@@ -228,14 +238,3 @@ def _submit_one(fields: dict, board: Path, map_size: int, bootstrap_samples: int
     click.echo(f"wrote {board / 'submissions' / name}: "
                f"{IMAGE_METRICS_UNDEFINED if image_auroc is None else f'image AUROC {100 * image_auroc:.2f}'}, "
                f"pixel PRO@30% {100 * submission['metrics']['pixel_pro_30']:.2f}")
-
-
-def _git_commit() -> str | None:
-    """This checkout's commit (short), for a grid's {commit}; None outside a git checkout."""
-    import subprocess
-
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None

@@ -136,7 +136,8 @@ def with_options(options):
 
 def detector_options(teacher, precision, map_padding, anomaly_map, scoring_precision, decoder, dropout, backbone,
                       backbone_weights, layers) -> dict:
-    """The training options given on the command line, as detector configuration overrides."""
+    """The training options given on the command line, as detector configuration overrides (the settings of
+    :data:`~impeller_bench.inspection.runner.COMMAND_LINE_OPTIONS`)."""
     options = {"teacher": teacher, "precision": precision, "map_padding": map_padding, "anomaly_map": anomaly_map,
                "scoring_precision": scoring_precision, "decoder": decoder,
                "cover_border": False if map_padding else None, "dropout": dropout,

@@ -56,6 +56,12 @@ def score_in_chunks(detector, images: list, progress=None) -> tuple[np.ndarray, 
     return np.concatenate(scores), maps
 
 
+# The detector settings ``run``, ``train`` and ``latency`` take as options (``--map-padding`` also sets
+# cover_border); any other setting is reached only through a sweep's grid.
+COMMAND_LINE_OPTIONS = ("teacher", "precision", "map_padding", "anomaly_map", "scoring_precision", "decoder",
+                        "dropout", "backbone", "backbone_weights", "layers")
+
+
 def detector_config(method: str, profile: str, steps: int | None, seed: int, options: dict) -> dict:
     """The configuration ``run`` and ``train`` give ``method``: its profile, the seed, the steps, the options."""
     profiles = detectors.detector_class(method).profiles

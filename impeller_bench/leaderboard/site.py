@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.errors import ImpellerBenchError
-from ..common.files import atomic_write_bytes
+from ..common.files import atomic_write_bytes, staged_directory
 from ..common.overlay import heat_overlay
 from ..data import published
 from ..evaluation.evaluate import resize_map
@@ -32,6 +32,7 @@ from .board import (
     PIXEL_COLUMNS,
     PIXEL_RANKED_BY,
     by_split,
+    current_entries,
     detectable_differences,
     entry_label,
     image_level,
@@ -39,7 +40,7 @@ from .board import (
     ranks,
 )
 from .figures import entry_figures, entry_key
-from .plots import FINGERPRINT_KEY, input_fingerprint, png_fingerprint
+from .plots import FINGERPRINT_KEY, input_fingerprint, latency_payload, png_fingerprint
 from .submission import METRICS, PREDICTIONS_DIR
 
 SITE_DIR = "site"
@@ -49,6 +50,7 @@ FIGURES_NAME, CURVES_NAME, MAPS_NAME = "figures.json", "curves.png", "maps.png"
 
 
 STATIC = ("style.css", "sort.js")
+GENERATOR = '<meta name="generator" content="impeller-bench leaderboard">'  # in every page (base.html)
 
 
 METRIC_NAMES = {**{m: f"image {name}" for m, name in IMAGE_COLUMNS.items()},
@@ -192,7 +194,7 @@ def expected_site(entries: list[dict], annotations: str | Path, figures: dict[st
     files = {name: (Path(__file__).parent / "templates" / name).read_text() for name in STATIC}
     files["index.html"] = _render(environment, "index.html", 0, tracks=tracks, latency_plot=LATENCY_PLOT,
                                   plotted=plotted_split(entries), entries=sorted(entries, key=lambda e: e["name"]))
-    files[LATENCY_PLOT] = input_fingerprint("latency", _latency_payload(entries))
+    files[LATENCY_PLOT] = input_fingerprint("latency", latency_payload(entries))
     for track in tracks:
         split = track["split"]
         card = sections.get(split)
@@ -208,17 +210,11 @@ def expected_site(entries: list[dict], annotations: str | Path, figures: dict[st
             files[f"{folder}/{FIGURES_NAME}"] = _figures_text(entry_figures_)
             files[f"{folder}/{CURVES_NAME}"] = input_fingerprint("site-curves", entry_figures_["curves"])
             if entry_figures_["examples"]:
-                files[f"{folder}/{MAPS_NAME}"] = input_fingerprint("site-maps", _maps_payload(entry, entry_figures_, photos))
+                files[f"{folder}/{MAPS_NAME}"] = input_fingerprint("site-maps", _maps_payload(entry_figures_, photos))
     return files
 
 
-def _latency_payload(entries):
-    from .plots import latency_payload
-
-    return latency_payload(entries)
-
-
-def _maps_payload(entry: dict, figures: dict, photos: bool) -> dict:
+def _maps_payload(figures: dict, photos: bool) -> dict:
     return {"maps_sha256": figures["maps_sha256"], "examples": figures["examples"], "photos": photos}
 
 
@@ -236,15 +232,9 @@ def committed_figures(site: Path, entries: list[dict]) -> dict[str, dict]:
                 data = json.loads(path.read_text())
             except ValueError:
                 continue
-            if {k: data.get(k) for k in entry_key(entry)} == entry_key(entry):
+            if isinstance(data, dict) and {k: data.get(k) for k in entry_key(entry)} == entry_key(entry):
                 figures[entry["name"]] = data
     return figures
-
-
-def figured_entries(entries: list[dict]) -> list[dict]:
-    """The entries whose pages carry figures: those of the current splits (a deprecated split's data is not
-    built for the board)."""
-    return [e for e in entries if published.status(e["dataset"]["split"]) != published.DEPRECATED]
 
 
 def site_outdated(board: str | Path, entries: list[dict], annotations: str | Path, card_text: str) -> list[str]:
@@ -253,7 +243,7 @@ def site_outdated(board: str | Path, entries: list[dict], annotations: str | Pat
     figures = committed_figures(site, entries)
     expected = expected_site(entries, annotations, figures, card_text)
     stale = [f"{SITE_DIR}/entries/{e['name']}/{FIGURES_NAME} (missing or made from other maps)"
-             for e in figured_entries(entries) if e["name"] not in figures]
+             for e in current_entries(entries) if e["name"] not in figures]
     for name, want in expected.items():
         path = site / name
         have = (png_fingerprint(path) if name.endswith(".png") else path.read_text()) if path.is_file() else None
@@ -270,30 +260,22 @@ def write_site(out: str | Path, board: str | Path, entries: list[dict], annotati
     """Write the whole site into ``out`` (a fresh folder, swapped in when complete): ``datasets`` are the
     built current splits, by name, from which each entry's figures are computed."""
     out, board = Path(out), Path(board)
-    figures = {e["name"]: entry_figures(e, datasets[e["dataset"]["split"]]) for e in figured_entries(entries)}
+    figures = {e["name"]: entry_figures(e, datasets[e["dataset"]["split"]]) for e in current_entries(entries)}
     files = expected_site(entries, annotations, figures, card_text, photos)
-    staging = out.with_name(out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    for name, content in files.items():
-        path = staging / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if name == LATENCY_PLOT:
-            shutil.copyfile(board / LATENCY_PLOT, path)
-        elif name.endswith(CURVES_NAME):
-            _draw_curves(figures[path.parent.name]["curves"], path, content)
-        elif name.endswith(MAPS_NAME):
-            entry = next(e for e in entries if e["name"] == path.parent.name)
-            _draw_maps(entry, figures[entry["name"]], datasets[entry["dataset"]["split"]] if photos else None, path, content)
-        else:
-            path.write_text(content)
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    with staged_directory(out, overwrite=True) as staging:
+        for name, content in files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if name == LATENCY_PLOT:
+                shutil.copyfile(board / LATENCY_PLOT, path)
+            elif name.endswith(CURVES_NAME):
+                _draw_curves(figures[path.parent.name]["curves"], path, content)
+            elif name.endswith(MAPS_NAME):
+                entry = next(e for e in entries if e["name"] == path.parent.name)
+                _draw_maps(entry, figures[entry["name"]], datasets[entry["dataset"]["split"]] if photos else None,
+                           path, content)
+            else:
+                path.write_text(content)
     return [out / name for name in files]
 
 
@@ -367,13 +349,49 @@ def _draw_maps(entry: dict, figures: dict, dataset, path: Path, fingerprint: str
 def publish_site(out: str | Path, board: str | Path, annotations: str | Path, data_root: str | Path) -> list[Path]:
     """The site for the web, into ``out``: the committed site's pages, with each entry's examples drawn over
     the sources' photos and their masks outlined (from the built splits under ``data_root``)."""
-    from .board import current_entries, load_entries
+    from .board import load_entries
     from .checks import load_published_dataset
 
-    out, board = Path(out), Path(board)
-    if out.resolve() == (board / SITE_DIR).resolve():
+    board = Path(board)
+    if Path(out).resolve() == (board / SITE_DIR).resolve():
         raise ImpellerBenchError(f"{out}: the committed site holds no photos; publish to another folder")
+    _refuse_foreign_folder(Path(out), board, Path(data_root))
+    out = Path(out).resolve()  # (a relative '.' has no name to stage beside)
     entries = load_entries(board)
     datasets = {split: load_published_dataset(Path(data_root), Path(annotations), split)
                 for split in by_split(current_entries(entries))}
     return write_site(out, board, entries, annotations, datasets, card_text(annotations), photos=True)
+
+
+def is_site(folder: Path) -> bool:
+    """Whether ``folder`` holds a site this code wrote (its index page carries the generator tag)."""
+    index = folder / "index.html"
+    try:
+        return index.is_file() and GENERATOR in index.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _refuse_foreign_folder(out: Path, board: Path, data_root: Path) -> None:
+    """Publishing replaces ``out`` whole, so it must be a real folder that is new, empty or an earlier publish,
+    neither holding nor inside the board, nor holding the data."""
+    if out.is_symlink():
+        raise ImpellerBenchError(f"{out}: a symbolic link (publishing would replace the link, not its target); "
+                                 "give the folder itself")
+    resolved = out.resolve()
+    for inner, what in ((board, "the leaderboard"), (data_root, "the built splits")):
+        if resolved == inner.resolve() or resolved in inner.resolve().parents:
+            raise ImpellerBenchError(f"{out}: holds {what} ({inner}); publish to a folder of its own")
+    if board.resolve() in resolved.parents:
+        raise ImpellerBenchError(f"{out}: inside the leaderboard ({board}), whose folders the build owns; publish "
+                                 "outside it")
+    if out.exists() and not out.is_dir():
+        raise ImpellerBenchError(f"{out}: exists and is not a folder")
+    try:
+        foreign = out.is_dir() and any(out.iterdir()) and not is_site(out)
+    except OSError as exc:
+        raise ImpellerBenchError(f"cannot read the folder ({exc.strerror or exc})", out) from None
+    if foreign:
+        raise ImpellerBenchError(f"{out}: exists and is not a site from an earlier publish (its index.html lacks "
+                                 "the generator tag; it would be replaced whole): publish to a new or empty folder, "
+                                 "or remove it first")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..common.errors import ImpellerBenchError
 from ..common.files import atomic_write_bytes, staged_directory
+from ..common.version import source_commit
 from .grid import Cell
 
 CELLS, FAILED = "cells", "failed"
@@ -40,7 +42,7 @@ def failure_file(out: str | Path, cell: Cell) -> Path:
 
 
 def is_done(out, cell: Cell) -> bool:
-    return (cell_folder(out, cell) / CELL_FILE).is_file()
+    return is_cell(cell_folder(out, cell))
 
 
 def read_record(folder: str | Path) -> dict:
@@ -119,7 +121,7 @@ def _run_cell(cell: Cell, out, torch_threads: int, folder: Path) -> dict:
                   "bootstrap": result.get("bootstrap"), "test_images": result["test_images"],
                   "fit_seconds": round(fit_seconds, 3), "score_seconds_per_image": round(score_seconds / len(scores), 5),
                   "wall_seconds": round(time.perf_counter() - started, 3), "torch_threads": torch_threads,
-                  "worker": worker_name(), "finished": _now()}
+                  "worker": worker_name(), "finished": _now(), "commit": source_commit()}
         (stage / CELL_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     failure_file(out, cell).unlink(missing_ok=True)
     return record
@@ -151,17 +153,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def submission_defaults(folder: str | Path, commit: str | None = None) -> dict:
+def submission_defaults(folder: str | Path) -> dict:
     """What ``leaderboard submit`` takes from a finished cell: its predictions folder and command, and from the
     grid's ``submission`` block its entry name, authors, code, hardware, latency file and notes (each where
     given). The name and texts may hold {method}, {dataset}, {track} (the dataset's name less 'impeller-'),
-    {seed}, {seed_suffix} ('' for seed 0, else '-seed<k>') and {commit}."""
+    {seed}, {seed_suffix} ('' for seed 0, else '-seed<k>'), {options} ('' without, else '-key-value...') and
+    {commit} (the commit of the code that ran the cell, as its record says)."""
     record = read_record(folder)
     cell = record["cell"]
     block = cell.get("submission") or {}
+    options = "".join(f"-{k}-{'-'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in cell["options"])
+    options = re.sub(r"[^A-Za-z0-9_.]+", "-", options)  # a path's '/' or a space would not name an entry
     fields = {"method": cell["method"], "dataset": cell["dataset_name"], "seed": cell["seed"],
               "track": cell["dataset_name"].removeprefix("impeller-"),
-              "seed_suffix": "" if cell["seed"] == 0 else f"-seed{cell['seed']}", "commit": commit or "unknown"}
+              "seed_suffix": "" if cell["seed"] == 0 else f"-seed{cell['seed']}", "options": options,
+              "commit": record.get("commit") or "unknown"}
     notes = block.get("notes")
     notes = notes.get(cell["method"]) if isinstance(notes, dict) else notes
     defaults = {"predictions": Path(folder) / PREDICTIONS, "command": record["command"], "dataset_dir": cell["dataset"],
@@ -176,4 +182,5 @@ def submission_defaults(folder: str | Path, commit: str | None = None) -> dict:
 
 
 def is_cell(folder: str | Path) -> bool:
+    """Whether ``folder`` is a finished cell (its record is written last)."""
     return (Path(folder) / CELL_FILE).is_file()

@@ -31,6 +31,7 @@ from pathlib import Path
 from ..common.errors import ImpellerBenchError
 from ..common.version import __version__
 
+CELL_SETTINGS = {"seed", "profile", "device"}  # a cell's own fields, never options
 GRID_KEYS = {"profile", "steps", "device", "bootstrap", "reference", "datasets", "seeds", "set", "methods",
              "submission"}
 METHOD_KEYS = {"seeds", "set"}
@@ -72,18 +73,32 @@ class Cell:
 
     @property
     def run_command(self) -> str:
-        """The ``impeller-bench run`` command that makes the same predictions (``--key value`` per option)."""
+        """The ``impeller-bench run`` command that makes the same predictions (``--key value`` per option ``run``
+        has; detector settings it has no option for follow as a comment: the grid sets them)."""
+        import shlex
+
+        from ..inspection.runner import COMMAND_LINE_OPTIONS
+
         dataset = Path(self.dataset)
         if dataset.is_relative_to(Path.cwd()):  # as the user typed it, in the usual case
             dataset = dataset.relative_to(Path.cwd())
-        parts = ["impeller-bench run", self.method, "--dataset", str(dataset)]
+        parts = ["impeller-bench", "run", self.method, "--dataset", str(dataset)]
         parts += [] if self.profile == "quick" else ["--profile", self.profile]
         parts += [] if self.steps is None else ["--steps", str(self.steps)]
         parts += [] if self.seed == 0 else ["--seed", str(self.seed)]
+        parts += ["--device", self.device]
+        options = dict(self.options)
+        # run's --map-padding also turns the border cover off: a flag only where the cell does the same
+        flagged = set(COMMAND_LINE_OPTIONS) - ({"map_padding"} if options.get("cover_border") is not False else set())
+        unflagged = []
         for key, value in self.options:
-            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-            parts += [f"--{key.replace('_', '-')}", text]
-        return " ".join(parts)
+            text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            if key in flagged:
+                parts += [f"--{key.replace('_', '-')}", text]
+            elif not (key == "cover_border" and value is False and "map_padding" in options):
+                unflagged.append(f"{key}={text}")
+        command = shlex.join(parts)
+        return command + (f"  # with {', '.join(unflagged)} (no run option: set by the grid)" if unflagged else "")
 
     def to_dict(self) -> dict:
         return {"method": self.method, "dataset": self.dataset, "dataset_name": self.dataset_name,
@@ -125,16 +140,19 @@ def check_grid(grid: dict, where) -> None:
         raise ImpellerBenchError("the grid names no methods", where)
     if not grid.get("datasets"):
         raise ImpellerBenchError("the grid names no datasets", where)
-    for method, spec in _method_specs(methods).items():
+    for method, spec in _method_specs(methods, where).items():
         if not isinstance(spec, dict) or set(spec) - METHOD_KEYS:
             raise ImpellerBenchError(f"method {method}: a mapping of {', '.join(sorted(METHOD_KEYS))} expected, "
                                      f"got {spec!r}", where)
 
 
-def _method_specs(methods) -> dict:
+def _method_specs(methods, where="the grid") -> dict:
     """``methods`` as a mapping of name to its own keys (a plain list of names is accepted)."""
     if isinstance(methods, (list, tuple)):
         return {name: {} for name in methods}
+    if not isinstance(methods, dict):
+        raise ImpellerBenchError(f"methods: a list of names or a mapping of name to its keys expected, got "
+                                 f"{methods!r}", where)
     return {name: spec or {} for name, spec in methods.items()}
 
 
@@ -151,8 +169,9 @@ def parse_set(text: str) -> tuple[str, list]:
 def expand(grid: dict, where="the grid") -> list[Cell]:
     """The cells of ``grid``, in a fixed order (datasets, then methods as listed, seeds, option values).
 
-    Options in the grid-wide ``set`` go to the methods whose configuration has them; a method's own ``set``
-    must name its options. Every method and option is checked before anything runs."""
+    Options in the grid-wide ``set`` go to the methods whose configuration has them (one that none has is
+    refused); a method's own ``set`` must name its options. Every method and option is checked before anything
+    runs."""
     from .. import detectors
     from ..data.dataset import load_dataset
 
@@ -162,9 +181,13 @@ def expand(grid: dict, where="the grid") -> list[Cell]:
     device = str(detectors.base.pick_device(grid.get("device")).type)
     default_seeds = _int_list(grid.get("seeds", [0]), "seeds", where)
     shared = _value_lists(grid.get("set") or {}, "set", where)
-    specs = _method_specs(grid["methods"])
+    specs = _method_specs(grid["methods"], where)
     for method in specs:
         detectors.detector_class(method)  # unknown names fail here, with the list of known ones
+    unused = set(shared) - set().union(*(detectors.option_names(m) for m in specs))
+    if unused:
+        raise ImpellerBenchError(f"set: {', '.join(sorted(unused))} is an option of none of the grid's methods",
+                                 where)
     cells = []
     for folder in _as_list(grid["datasets"]):
         dataset = load_dataset(folder)
@@ -190,10 +213,17 @@ def _int_list(value, what: str, where) -> list[int]:
     values = _as_list(value)
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ImpellerBenchError(f"{what}: a list of whole numbers expected, got {value!r}", where)
+    if len(set(values)) < len(values):
+        raise ImpellerBenchError(f"{what}: {value!r} lists a seed more than once", where)
     return values
 
 
 def _value_lists(options: dict, what: str, where) -> dict[str, list]:
     if not isinstance(options, dict):
         raise ImpellerBenchError(f"{what}: a mapping of option to values expected, got {options!r}", where)
+    reserved = sorted(set(options) & CELL_SETTINGS)
+    if reserved:
+        raise ImpellerBenchError(f"{what}: {', '.join(reserved)} is a cell's own setting (the grid's "
+                                 f"{', '.join(f'{k}s:' if k == 'seed' else f'{k}:' for k in reserved)}), not an "
+                                 "option", where)
     return {key: _as_list(values) for key, values in options.items()}

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..common.files import atomic_write_bytes
 from ..evaluation.significance import seeds_and_groups_interval, seeds_and_groups_mean_interval
-from .cells import REPLICATES, cell_folder, failure_file, read_record
+from .cells import REPLICATES, cell_folder, failure_file, is_cell, is_done, read_record
 from .grid import Cell
 from .plots import SHOWN, summary_plots
 
@@ -29,7 +29,7 @@ def results_table(out, cells: list[Cell]) -> pd.DataFrame:
         row = {"name": cell.name, "digest": cell.digest, "method": cell.method, "dataset": cell.dataset_name,
                "seed": cell.seed, "profile": cell.profile, "options": options_text(cell), "device": cell.device}
         folder, failure = cell_folder(out, cell), failure_file(out, cell)
-        if (folder / "cell.json").is_file():
+        if is_cell(folder):
             record = read_record(folder)
             row |= {"status": "done", "error": None, "worker": record["worker"],
                     "torch_threads": record["torch_threads"], "wall_seconds": record["wall_seconds"],
@@ -53,7 +53,7 @@ def summary_table(out, cells: list[Cell], reference: str | None = None) -> pd.Da
     """Per dataset, method and options: seeds done, and per metric the mean over seeds, its 95% interval
     (photo groups and seeds resampled) and, against ``reference`` (the same dataset and options where it has
     them, else its plain cells), the mean difference with its paired 95% interval over the seeds both have."""
-    done = [c for c in cells if (cell_folder(out, c) / "cell.json").is_file()]
+    done = [c for c in cells if is_done(out, c)]
     groups: dict[tuple, dict[int, Cell]] = {}
     for cell in done:
         groups.setdefault((cell.dataset_name, cell.method, options_text(cell)), {})[cell.seed] = cell
