@@ -213,7 +213,7 @@ def _submit_one(fields: dict, board: Path, map_size: int, bootstrap_samples: int
     from ..common.errors import ImpellerBenchError
     from ..evaluation.evaluate import IMAGE_METRICS_UNDEFINED
     from ..evaluation.predictions import load_predictions
-    from ..leaderboard.submission import SAFE_NAME, latency_entry, package_submission
+    from ..leaderboard.submission import is_safe_name, latency_entry, package_submission
 
     run = load_predictions(fields["predictions"])
     dataset = dataset_for(run, fields.get("dataset_dir") and Path(fields["dataset_dir"]))
@@ -226,7 +226,7 @@ def _submit_one(fields: dict, board: Path, map_size: int, bootstrap_samples: int
             raise ImpellerBenchError(f"cannot read the latency figures ({exc.__class__.__name__})", path) from None
         latency = latency_entry(figures, run.meta.get("method"), fields["hardware"])
     name = fields["name"]
-    if not SAFE_NAME.match(name) or ".." in name:
+    if not is_safe_name(name):
         raise ImpellerBenchError(f"entry name {name!r} is unsafe (letters, digits, '_', '-', '.'; no '/')",
                                  board / "submissions")
     submission = package_submission(run, board / "submissions" / name, dataset, authors=list(fields["authors"]),

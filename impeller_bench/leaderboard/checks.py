@@ -17,12 +17,12 @@ from .submission import (
     BOOTSTRAP_FILE,
     METRICS,
     PREDICTIONS_DIR,
-    SAFE_NAME,
     SUBMISSION_FILE,
     TOLERANCE,
     Check,
     claimed_provenance,
     deprecated_split_refusal,
+    is_safe_name,
     load_replicates,
     read_submission,
     scan_files,
@@ -31,7 +31,7 @@ from .submission import (
 
 def published_split_sha256(annotations: Path, split: str) -> str:
     """sha256 of a published split file, which is also the manifest.json of the dataset built from it."""
-    if not SAFE_NAME.match(split) or ".." in split:
+    if not is_safe_name(split):
         raise ImpellerBenchError(f"unsafe split name {split!r}")
     path = annotations / f"{split}.json"
     if not path.is_file():
@@ -103,7 +103,7 @@ def validate_submission(folder: str | Path, data_root: str | Path, annotations: 
     checks them."""
     folder, data_root, annotations = Path(folder), Path(data_root), Path(annotations)
     check = Check(folder)
-    if not SAFE_NAME.match(folder.name) or ".." in folder.name:
+    if not is_safe_name(folder.name):
         check.problems.append(f"{folder.name!r}: not an entry name (letters, digits, '_', '-', '.'; a letter or "
                               "digit first: no hidden folders)")
         return check

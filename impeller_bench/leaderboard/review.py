@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..common.errors import ImpellerBenchError
 from ..common.imageio import read_npy
-from .submission import MAPS_NAME, PREDICTIONS_DIR, SAFE_NAME
+from .submission import MAPS_NAME, PREDICTIONS_DIR, is_safe_name
 
 SUBMISSIONS_PATH = "leaderboard/submissions/"
 # Characters a reader takes for one another in a name: case aside, 0/o, 1/l/i, and the separators.
@@ -112,7 +112,7 @@ def pull_request_scope(changes: list[tuple[str, list[str]]], existing: list[str]
     if not_added:
         problems.append(f"changes that are not additions ({', '.join(not_added[:5])}): a submission only adds files")
     name = sorted(entries)[0]
-    if not SAFE_NAME.match(name) or ".." in name:
+    if not is_safe_name(name):
         problems.append(f"{name!r} is not an entry name (letters, digits, '_', '-', '.'; a letter or digit first)")
     clash = [e for e in existing if name_key(e) == name_key(name)]
     if clash:

@@ -50,7 +50,7 @@ FIGURES_NAME, CURVES_NAME, MAPS_NAME = "figures.json", "curves.png", "maps.png"
 
 
 STATIC = ("style.css", "sort.js")
-GENERATOR = '<meta name="generator" content="impeller-bench leaderboard">'  # in every page (base.html)
+GENERATOR = '<meta name="generator" content="impeller-bench leaderboard">'  # in every page's head: is_site
 
 
 METRIC_NAMES = {**{m: f"image {name}" for m, name in IMAGE_COLUMNS.items()},
@@ -66,6 +66,7 @@ def _environment():
                                      autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                                      lstrip_blocks=True, keep_trailing_newline=True)
     environment.filters["percent"] = lambda value: "-" if value is None else f"{100 * value:.2f}"
+    environment.globals["generator"] = GENERATOR
     return environment
 
 

@@ -84,6 +84,11 @@ METRICS = IMAGE_METRICS + PIXEL_METRICS  # image metrics are null on a split wit
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def is_safe_name(name: str) -> bool:
+    """Whether ``name`` may name a folder of the board: letters, digits, '_', '-', '.', no '..' and no '/'."""
+    return bool(SAFE_NAME.match(name)) and ".." not in name
+
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst")
 
 
@@ -150,7 +155,7 @@ def scan_files(folder: Path) -> tuple[list[str], list[str]]:
             if stat.S_ISLNK(info.st_mode):
                 problems.append(f"{shown}: symbolic links are not accepted")
                 continue
-            if ".." in entry.name or not SAFE_NAME.match(entry.name):
+            if not is_safe_name(entry.name):
                 problems.append(f"{shown}: unsafe name (letters, digits, '_', '-', '.' only; no '..', no leading dot)")
                 continue
             if stat.S_ISDIR(info.st_mode):
@@ -377,7 +382,7 @@ def package_submission(run: Predictions, out: str | Path, dataset, *, authors: l
                        progress=None) -> dict:
     """Turn a run's predictions into a submission: compact maps, recomputed claims, one atomic write."""
     out = Path(out)
-    if not SAFE_NAME.match(out.name) or ".." in out.name:
+    if not is_safe_name(out.name):
         raise ImpellerBenchError("unsafe submission name (letters, digits, '_', '-', '.')", out)
     refusal = deprecated_split_refusal(dataset.name, out.name)
     if refusal:
