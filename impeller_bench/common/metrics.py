@@ -188,20 +188,35 @@ class RankCounts:
         self.n_thresholds = n_thresholds
         self._columns: dict[str, list] = {"rank": [], "tie": []}
         self.row_total: list[int] | np.ndarray = []
-        self.rank_total = np.zeros(n_thresholds + 1, np.int64)
-        self.tie_total = np.zeros(n_thresholds, np.int64)
 
-    def add_row(self, rank_histogram: np.ndarray, tie_histogram: np.ndarray) -> None:
-        self.rank_total += rank_histogram
-        self.tie_total += tie_histogram
-        self.row_total.append(int(rank_histogram.sum()))
-        for name, histogram in (("rank", rank_histogram), ("tie", tie_histogram)):
-            where = np.flatnonzero(histogram)
-            self._columns[name].append((where.astype(np.int32), histogram[where].astype(np.int32)))
+    def add_values(self, thresholds: Thresholds, values: np.ndarray) -> None:
+        """One row: ``values`` ranked among ``thresholds``, kept as (position, count) pairs.
+
+        Counting the row's distinct ranks costs O(values log values) where the thresholds outnumber them (one
+        test image's pixels against all images' distinct defect scores), never O(thresholds) per row.
+        """
+        rank, tie = thresholds.rank(values)
+        self.row_total.append(int(rank.size))
+        rows = (("rank", rank, self.n_thresholds + 1), ("tie", rank[tie] - 1, self.n_thresholds))
+        for name, positions, length in rows:
+            if length <= 4 * positions.size:  # a dense histogram is cheaper than sorting
+                histogram = np.bincount(positions, minlength=length)
+                where = np.flatnonzero(histogram)
+                count = histogram[where]
+            else:
+                where, count = np.unique(positions, return_counts=True)
+            self._columns[name].append((where.astype(np.int32), count.astype(np.int32)))
 
     def finish(self) -> None:
         self.row_total = np.array(self.row_total, np.int64)
         lengths = {"rank": self.n_thresholds + 1, "tie": self.n_thresholds}
+        totals = {}
+        for name, columns in self._columns.items():
+            positions = np.concatenate([c for c, _ in columns]) if columns else np.zeros(0, np.int32)
+            counts = np.concatenate([n for _, n in columns]) if columns else np.zeros(0, np.int32)
+            # float64 sums of int32 counts are exact far beyond any image set's pixel count
+            totals[name] = np.bincount(positions, weights=counts, minlength=lengths[name]).astype(np.int64)
+        self.rank_total, self.tie_total = totals["rank"], totals["tie"]
         self._matrices = {name: _sparse_columns(columns, lengths[name]) for name, columns in self._columns.items()}
         self._columns = None
 
@@ -297,7 +312,7 @@ class Curve:
         negative_scores, pos_scores = np.asarray(negative_scores, dtype), np.asarray(pos_scores, dtype)
         thresholds = Thresholds.of(pos_scores)
         counts = RankCounts(thresholds.size)
-        counts.add_row(*_rank_histograms(thresholds, negative_scores))
+        counts.add_values(thresholds, negative_scores)
         counts.finish()
         return cls.from_counts(thresholds, counts.below_and_equal(), pos_scores)
 
@@ -372,20 +387,6 @@ def f1_max(labels, scores) -> F1Max:
 # --------------------------------------------------------------------------- pixel level
 
 
-def _rank_histograms(thresholds: Thresholds, values, minus=None) -> tuple[np.ndarray, np.ndarray]:
-    """How many ``values`` rank r among the thresholds (r = 0..m) and how many equal each threshold;
-    ``minus`` (values that are thresholds) are taken out again."""
-    rank, tie = thresholds.rank(values)
-    m = thresholds.size
-    rank_histogram = np.bincount(rank, minlength=m + 1)
-    tie_histogram = np.bincount(rank[tie] - 1, minlength=m)
-    if minus is not None and len(minus):
-        at = thresholds.index_of(minus)
-        rank_histogram -= np.bincount(at + 1, minlength=m + 1)
-        tie_histogram -= np.bincount(at, minlength=m)
-    return rank_histogram, tie_histogram
-
-
 @dataclass
 class PixelSet:
     """All test pixels, arranged for the shared curve: built once per evaluation.
@@ -410,19 +411,21 @@ class PixelSet:
         masks, maps = _as_stack(masks, maps)
         dtype = working_dtype(maps)
         pos_scores, pos_image, pos_region, areas, region_image = [], [], [], [], []
-        positives_of_image = [None] * len(maps)
+        negatives_of_image = []
         offset = 0
         for k, (mask, scores) in enumerate(zip(masks, maps)):
             labels, count = ndi.label(mask, structure=EIGHT_CONNECTED)
             if count:
                 inside = labels > 0
-                positives_of_image[k] = scores[inside].astype(dtype, copy=False)
-                pos_scores.append(positives_of_image[k])
+                pos_scores.append(scores[inside].astype(dtype, copy=False))
+                negatives_of_image.append(scores[~inside].astype(dtype, copy=False))
                 pos_image.append(np.full(int(inside.sum()), k, np.int32))
                 pos_region.append((labels[inside] - 1 + offset).astype(np.int64))
                 areas.append(np.bincount(labels[inside] - 1, minlength=count))
                 region_image.append(np.full(count, k, np.int32))
                 offset += count
+            else:
+                negatives_of_image.append(scores.ravel().astype(dtype, copy=False))
         if offset == 0:
             raise MetricInputError("the masks hold no defect region: pixel metrics are undefined")
         if sum(m.size for m in masks) == sum(len(p) for p in pos_scores):
@@ -430,9 +433,8 @@ class PixelSet:
         positives = np.concatenate(pos_scores)
         thresholds = Thresholds.of(positives)
         negatives = RankCounts(thresholds.size)
-        for scores, image_positives in zip(maps, positives_of_image):
-            # every pixel is ranked and the image's positives taken out again: cheaper than gathering the negatives
-            negatives.add_row(*_rank_histograms(thresholds, scores, minus=image_positives))
+        for image_negatives in negatives_of_image:
+            negatives.add_values(thresholds, image_negatives)
         negatives.finish()
         return cls(thresholds, negatives, positives, np.concatenate(pos_image), np.concatenate(pos_region),
                    np.concatenate(areas), np.concatenate(region_image))
