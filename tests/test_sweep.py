@@ -280,6 +280,7 @@ def test_sweep_command_and_submit_from_its_cells(tiny, tmp_path):
     result = runner.invoke(main, base + ["--seeds", "0,1"])
     assert result.exit_code == 0, result.output
     assert "2 cell(s) run, 0 kept, 0 failed, of 2" in result.output and "| mean-diff |" in result.output
+    grid.write_text(grid.read_text().replace("a test detector", "notes edited since"))
     result = runner.invoke(main, base + ["--seeds", "0,1"])
     assert "0 cell(s) run, 2 kept" in result.output
     folders = sorted((out / "cells").iterdir())
@@ -290,7 +291,7 @@ def test_sweep_command_and_submit_from_its_cells(tiny, tmp_path):
     assert entries == ["mean-diff-synthetic-impellers", "mean-diff-synthetic-impellers-seed1"]
     submitted = json.loads((tmp_path / "board" / "submissions" / entries[1] / "submission.json").read_text())
     assert submitted["command"].startswith("impeller-bench run mean-diff --dataset") and "--seed 1" in submitted["command"]
-    assert submitted["notes"] == "a test detector" and submitted["authors"] == ["tests"]
+    assert submitted["notes"] == "notes edited since" and submitted["authors"] == ["tests"]  # the grid's now
     assert "commit" in sweep_cells.read_record(folders[1])  # the code that ran it (None outside a checkout)
     # the scores go in as they are (the maps are shrunk to 16 px): the image metrics are the cell's
     assert submitted["metrics"]["image_auroc"] == pytest.approx(
@@ -298,7 +299,8 @@ def test_sweep_command_and_submit_from_its_cells(tiny, tmp_path):
     result = runner.invoke(main, ["leaderboard", "submit", str(folders[0]), str(folders[1]), "--name", "x",
                                   "--board", str(tmp_path / "board")])
     assert result.exit_code == 2 and "--name names one entry" in result.output
-    record = json.loads((folders[1] / "cell.json").read_text())
+    as_run = (folders[1] / "cell.json").read_text()
+    record = json.loads(as_run)
     record["commit"] = "abc1234"  # as if another checkout had run it: the entry names that code
     record["cell"]["options"] = [["layers", ["stage3", "stage5"]], ["backbone_weights", "/w/x y.pth"]]
     record["cell"]["submission"]["name"] = "{method}{options}"
@@ -310,10 +312,11 @@ def test_sweep_command_and_submit_from_its_cells(tiny, tmp_path):
     result = runner.invoke(main, ["leaderboard", "submit", str(folders[1]), "--name", "a/b", "--board",
                                   str(tmp_path / "board")])
     assert result.exit_code != 0 and "entry name 'a/b' is unsafe" in result.output
-    for folder in folders:  # as if the grid had a seed-free name: the second entry would replace the first
-        record = json.loads((folder / "cell.json").read_text())
-        record["cell"]["submission"]["name"] = "{method}-{track}"
-        (folder / "cell.json").write_text(json.dumps(record))
+    (folders[1] / "cell.json").write_text(as_run)  # its definition as planned again: the plan's block applies
+    plan = json.loads((out / "sweep.json").read_text())
+    for planned in plan["cells"]:  # as if the grid had a seed-free name: the second entry would replace the first
+        planned["cell"]["submission"]["name"] = "{method}-{track}"
+    (out / "sweep.json").write_text(json.dumps(plan))
     result = runner.invoke(main, ["leaderboard", "submit", *map(str, folders), "--board", str(tmp_path / "board"),
                                   "--overwrite"])
     assert result.exit_code == 2 and "would both be entry 'mean-diff-synthetic-impellers'" in result.output

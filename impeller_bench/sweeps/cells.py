@@ -161,7 +161,7 @@ def submission_defaults(folder: str | Path) -> dict:
     {commit} (the commit of the code that ran the cell, as its record says)."""
     record = read_record(folder)
     cell = record["cell"]
-    block = cell.get("submission") or {}
+    block = _submission_block(folder, cell)
     options = "".join(f"-{k}-{'-'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in cell["options"])
     options = re.sub(r"[^A-Za-z0-9_.]+", "-", options)  # a path's '/' or a space would not name an entry
     fields = {"method": cell["method"], "dataset": cell["dataset_name"], "seed": cell["seed"],
@@ -179,6 +179,21 @@ def submission_defaults(folder: str | Path) -> dict:
     except (KeyError, ValueError) as exc:
         raise ImpellerBenchError(f"the grid's submission block has a bad placeholder ({exc}); known: "
                                  f"{', '.join('{' + f + '}' for f in fields)}", Path(folder) / CELL_FILE) from None
+
+
+def _submission_block(folder: str | Path, cell: dict) -> dict:
+    """The grid's ``submission`` block as the sweep's latest plan (``sweep.json``) has it for this cell, else as
+    the cell's record has it: the block is not part of a cell's digest, so a kept cell's record holds the texts
+    of the grid it ran under, not the ones edited since."""
+    digest = Cell.from_dict(cell).digest
+    try:
+        planned = json.loads((Path(folder).parent.parent / "sweep.json").read_text())["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        planned = []
+    for entry in planned:
+        if isinstance(entry, dict) and entry.get("digest") == digest:
+            return entry.get("cell", {}).get("submission") or {}
+    return cell.get("submission") or {}
 
 
 def is_cell(folder: str | Path) -> bool:
