@@ -210,14 +210,10 @@ class RankCounts:
     def finish(self) -> None:
         self.row_total = np.array(self.row_total, np.int64)
         lengths = {"rank": self.n_thresholds + 1, "tie": self.n_thresholds}
-        totals = {}
-        for name, columns in self._columns.items():
-            positions = np.concatenate([c for c, _ in columns]) if columns else np.zeros(0, np.int32)
-            counts = np.concatenate([n for _, n in columns]) if columns else np.zeros(0, np.int32)
-            # float64 sums of int32 counts are exact far beyond any image set's pixel count
-            totals[name] = np.bincount(positions, weights=counts, minlength=lengths[name]).astype(np.int64)
-        self.rank_total, self.tie_total = totals["rank"], totals["tie"]
         self._matrices = {name: _sparse_columns(columns, lengths[name]) for name, columns in self._columns.items()}
+        # summed in int64: one threshold's count over all images can exceed int32
+        self.rank_total, self.tie_total = (np.asarray(self._matrices[name].sum(axis=1, dtype=np.int64)).ravel()
+                                           for name in ("rank", "tie"))
         self._columns = None
 
     def below_and_equal(self, row_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
