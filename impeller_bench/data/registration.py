@@ -226,10 +226,16 @@ def _to_full_resolution(affine: np.ndarray, size: int, source_shape, target_shap
     return (to_source @ np.vstack([affine, [0.0, 0.0, 1.0]]) @ from_target)[:2]
 
 
-def _similarity(target_centre, source_centre, scale: float, angle: float, mirrored: bool) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    linear = scale * np.array([[c, s], [-s, c]]) @ (np.diag([1.0, -1.0]) if mirrored else np.eye(2))
-    return np.hstack([linear, (np.asarray(source_centre) - linear @ np.asarray(target_centre))[:, None]])
+def _similarities(target_centre, source_centre, scales: np.ndarray, angles: np.ndarray,
+                  mirrored: np.ndarray) -> np.ndarray:
+    """(k, 2, 3) affines from target to source coordinates: rotation by ``angles``, scaling by ``scales`` and,
+    where ``mirrored``, a flip of the column axis, about the two centres."""
+    c, s = np.cos(angles), np.sin(angles)
+    flip = np.where(mirrored, -1.0, 1.0)
+    linear = scales[:, None, None] * np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)
+    linear[:, :, 1] *= flip[:, None]
+    shift = np.asarray(source_centre, dtype=np.float64) - linear @ np.asarray(target_centre, dtype=np.float64)
+    return np.concatenate([linear, shift[:, :, None]], axis=2)
 
 
 def _coarse_search(source: Prepared, target: Prepared) -> tuple[_Fit, int]:
@@ -241,10 +247,9 @@ def _coarse_search(source: Prepared, target: Prepared) -> tuple[_Fit, int]:
     source_centre = (np.asarray(source.fingerprint.center) + 0.5) * to_level - 0.5
     ring_scale = float(np.exp(grouping._scale_lag(target.fingerprint, source.fingerprint) * grouping.RADIAL_LOG_STEP))
     angles = np.arange(COARSE_ROTATIONS) * (2 * np.pi / COARSE_ROTATIONS)
-    stack = np.stack([
-        _similarity(target_centre, source_centre, ring_scale * step, angle, mirrored)
-        for mirrored in (False, True) for step in COARSE_SCALE_STEPS for angle in angles
-    ])  # (hypotheses, 2, 3)
+    mirrored, steps, angles = (a.ravel() for a in np.meshgrid([False, True], COARSE_SCALE_STEPS, angles,
+                                                              indexing="ij"))
+    stack = _similarities(target_centre, source_centre, ring_scale * steps, angles, mirrored)  # (hypotheses, 2, 3)
     rr, cc = np.mgrid[0:n, 0:n].astype(np.float64)
     u = stack[:, 0, 0, None, None] * rr + stack[:, 0, 1, None, None] * cc + stack[:, 0, 2, None, None]
     v = stack[:, 1, 0, None, None] * rr + stack[:, 1, 1, None, None] * cc + stack[:, 1, 2, None, None]
