@@ -53,6 +53,38 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# build-split's source options for each published split.
+PUBLISHED_SOURCES = {
+    "impeller-v1": ["--supervisely", SUPERVISELY, "--kaggle", KAGGLE],
+    "impeller-v2-native": ["--supervisely", SUPERVISELY],
+    "impeller-v2-localization": ["--supervisely", SUPERVISELY],
+    "mtd": ["--mtd", MAGNETIC_TILE],
+}
+
+
+@pytest.fixture(scope="session")
+def published_builds(shared_data, tmp_path_factory):
+    """build(split) -> (folder, result): ``impeller-bench build-split --split annotations/<split>.json`` from the
+    shared sources, shortcut audit included, as a user runs it. Each split is built once a session (minutes
+    for all), all under one root, ``folder.parent``: the rebuild tests judge the build, the leaderboard's
+    score the committed entries on it. Nothing may write into a built folder."""
+    from click.testing import CliRunner
+
+    from impeller_bench.cli import main
+
+    root = tmp_path_factory.mktemp("published")
+    built = {}
+
+    def build(split):
+        if split not in built:
+            args = ["build-split", *PUBLISHED_SOURCES[split], "--out", root / split,
+                    "--split", REPO / "annotations" / f"{split}.json"]
+            built[split] = root / split, CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        return built[split]
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     from impeller_bench.data.synth import write_synthetic

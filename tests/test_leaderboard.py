@@ -15,14 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import (
-    KAGGLE,
-    MAGNETIC_TILE,
-    REPO,
-    REQUIRE_DATA,
-    SUPERVISELY,
-    needs_shared_data,
-)
+from conftest import REPO, REQUIRE_DATA, needs_shared_data
 from scipy import ndimage as ndi
 
 from impeller_bench.cli import main
@@ -194,6 +187,27 @@ def test_validate_command_exit_codes(entry, synthetic_registry):
     (folder / "predictions" / "scores.csv").write_text("image,score\n")
     bad = run("leaderboard", "validate", folder, *options)
     assert bad.exit_code == 1 and "FAIL" in bad.output and "without a score" in bad.output
+
+
+def test_validate_loads_each_split_once_for_all_its_entries(entry, synthetic_registry, monkeypatch):
+    folder, _ = entry
+    data_root, annotations, _ = synthetic_registry
+    loaded = []
+    real_load = checks.load_published_dataset
+    monkeypatch.setattr(checks, "load_published_dataset", lambda *a: loaded.append(a[2]) or real_load(*a))
+    datasets = checks.PublishedDatasets(data_root, annotations)
+    for _ in range(2):
+        assert checks.validate_submission(folder, data_root, annotations, datasets=datasets).ok
+    assert len(loaded) == 1
+    # The command shares one load over its entries (two here; the copy fails only the cross-entry checks).
+    shutil.copytree(folder, folder.parent / "median-diff-copy")
+    result = run("leaderboard", "validate", folder.parent, "--annotations", annotations, "--data", data_root)
+    assert result.output.count("its maps are identical to entry") == 2 and len(loaded) == 2, result.output
+    # A split that is not built is not kept as loaded: every entry on it is told why.
+    absent = checks.PublishedDatasets(data_root / "absent", annotations)
+    for _ in range(2):
+        assert "is not built here" in checks.validate_submission(folder, data_root, annotations,
+                                                                 datasets=absent).text()
 
 
 def test_shrink_map_is_an_area_average():
@@ -380,16 +394,10 @@ def test_paper_figures_are_the_papers_tables():
 # --- the committed board, against the real split ---------------------------------------------
 
 @pytest.fixture(scope="session")
-def published_data_root(shared_data, tmp_path_factory):
-    from impeller_bench.data.build import build_split
-
-    root = tmp_path_factory.mktemp("published")
-    sources = {"impeller-v1": dict(supervisely=[SUPERVISELY], kaggle=[KAGGLE]),
-               "impeller-v2-native": dict(supervisely=[SUPERVISELY]),
-               "impeller-v2-localization": dict(supervisely=[SUPERVISELY]), "mtd": dict(mtd=[MAGNETIC_TILE])}
-    for split in {e["dataset"]["split"] for e in leaderboard.load_entries(BOARD)}:
-        build_split(root / split, split_file=ANNOTATIONS / f"{split}.json", audit=False, **sources[split])
-    return root
+def published_data_root(published_builds):
+    """The board's splits, built as the rebuild tests build them (test_shared_data.py judges those builds)."""
+    folders = [published_builds(split)[0] for split in sorted({e["dataset"]["split"] for e in leaderboard.load_entries(BOARD)})]
+    return folders[0].parent
 
 
 def test_committed_board_is_up_to_date():
@@ -419,6 +427,7 @@ def test_committed_board_validates(published_data_root):
     from impeller_bench.data import published
 
     entries = leaderboard.load_entries(BOARD)
+    datasets = checks.PublishedDatasets(published_data_root, ANNOTATIONS)
     first_of_split = {}
     for entry in sorted(entries, key=lambda e: e["name"]):
         first_of_split.setdefault(entry["dataset"]["split"], entry["name"])
@@ -426,7 +435,8 @@ def test_committed_board_validates(published_data_root):
         split = entry["dataset"]["split"]
         intervals = published.status(split) == published.MAIN or (first_of_split[split] == entry["name"]
                                                                     and split != "mtd")
-        check = checks.validate_submission(entry["_folder"], published_data_root, ANNOTATIONS, intervals=intervals)
+        check = checks.validate_submission(entry["_folder"], published_data_root, ANNOTATIONS, intervals=intervals,
+                                           datasets=datasets)
         assert check.ok, check.text()
 
 

@@ -107,9 +107,8 @@ def assert_rebuilt(out, published):
     return manifest
 
 
-def test_published_split_rebuilds_byte_for_byte_and_fails_the_shortcut_audit(shared_data, tmp_path):
-    out = tmp_path / "impeller-v1"
-    result = run("build-split", "--supervisely", SUPERVISELY, "--kaggle", KAGGLE, "--out", out, "--split", PUBLISHED)
+def test_published_split_rebuilds_byte_for_byte_and_fails_the_shortcut_audit(published_builds):
+    out, result = published_builds("impeller-v1")
     # Written byte for byte, but it can be passed by recognising the source: exit code 1 and why.
     assert result.exit_code == 1, result.output
     assert "shortcut audit: FAIL" in result.output and "publish no number on it" in result.output
@@ -122,9 +121,8 @@ def test_published_split_rebuilds_byte_for_byte_and_fails_the_shortcut_audit(sha
     assert run("validate", out, "--no-audit").exit_code == 0  # its files are sound
 
 
-def test_impeller_v2_native_rebuilds_byte_for_byte_and_passes_the_shortcut_audit(shared_data, tmp_path):
-    out = tmp_path / "impeller-v2-native"
-    result = run("build-split", "--supervisely", SUPERVISELY, "--out", out, "--split", V2_NATIVE)
+def test_impeller_v2_native_rebuilds_byte_for_byte_and_passes_the_shortcut_audit(published_builds):
+    out, result = published_builds("impeller-v2-native")
     assert result.exit_code == 0, result.output
     assert "shortcut audit: PASS" in result.output
     manifest = assert_rebuilt(out, V2_NATIVE)
@@ -134,9 +132,8 @@ def test_impeller_v2_native_rebuilds_byte_for_byte_and_passes_the_shortcut_audit
 
 
 def test_impeller_v2_localization_rebuilds_byte_for_byte_with_its_audit_for_a_track_without_good_images(
-        shared_data, tmp_path):
-    out = tmp_path / "impeller-v2-localization"
-    result = run("build-split", "--supervisely", SUPERVISELY, "--out", out, "--split", V2_LOCALIZATION)
+        published_builds):
+    out, result = published_builds("impeller-v2-localization")
     assert result.exit_code == 0, result.output
     assert "shortcut audit: PASS" in result.output and "not applicable" in result.output
     manifest = assert_rebuilt(out, V2_LOCALIZATION)
@@ -149,9 +146,8 @@ def test_impeller_v2_localization_rebuilds_byte_for_byte_with_its_audit_for_a_tr
     assert audit["passed"] and {s.get("check") for s in audit["separability"]} == {None, "(d)"}
 
 
-def test_mtd_rebuilds_byte_for_byte_and_passes_the_shortcut_audit(shared_data, tmp_path):
-    out = tmp_path / "mtd"
-    result = run("build-split", "--mtd", MAGNETIC_TILE, "--out", out, "--split", MTD)
+def test_mtd_rebuilds_byte_for_byte_and_passes_the_shortcut_audit(published_builds):
+    out, result = published_builds("mtd")
     assert result.exit_code == 0, result.output
     assert "shortcut audit: PASS" in result.output and "capture session" in result.output
     manifest = assert_rebuilt(out, MTD)

@@ -48,15 +48,15 @@ def leaderboard_validate_command(paths, board, annotations, data_root):
 def _validate_entries(folders, board, data_root, annotations) -> int:
     """Each folder's verdict printed as it comes, the board's other entries as the cross-entry checks' others;
     the exit code (0: every folder holds)."""
-    from ..leaderboard.checks import validate_submission
+    from ..leaderboard.checks import PublishedDatasets, validate_submission
     from ..leaderboard.review import cross_entry_problems
 
     entries = board / "submissions"
     others = sorted(entries.iterdir()) if entries.is_dir() else []
     across = cross_entry_problems(folders, others)
-    checks = []
+    checks, datasets = [], PublishedDatasets(data_root, annotations)
     for folder in folders:
-        checks.append(validate_submission(folder, data_root, annotations))
+        checks.append(validate_submission(folder, data_root, annotations, datasets=datasets))
         checks[-1].problems += across[folder]
         click.echo(checks[-1].text())
     failed = sum(not c.ok for c in checks)

@@ -56,6 +56,20 @@ def load_published_dataset(data_root: Path, annotations: Path, split: str):
     return dataset
 
 
+class PublishedDatasets:
+    """``datasets(split)``: :func:`load_published_dataset` for ``split``, loaded and checked once however many
+    entries are scored on it (a board's 13 MTD entries read its 1,067 images once, not 13 times)."""
+
+    def __init__(self, data_root: str | Path, annotations: str | Path):
+        self.data_root, self.annotations = Path(data_root), Path(annotations)
+        self._loaded: dict = {}
+
+    def __call__(self, split: str):
+        if split not in self._loaded:  # a failed load is not kept: it raises again, naming its problem
+            self._loaded[split] = load_published_dataset(self.data_root, self.annotations, split)
+        return self._loaded[split]
+
+
 def replicate_problems(stored: dict[str, np.ndarray], recomputed: dict[str, np.ndarray],
                        tolerance: float = TOLERANCE) -> list[str]:
     """One line per metric whose stored replicates differ from the recomputed ones."""
@@ -95,13 +109,15 @@ def compare_claims(claimed: dict, recomputed: dict, tolerance: float = TOLERANCE
 
 
 def validate_submission(folder: str | Path, data_root: str | Path, annotations: str | Path, progress=None,
-                        intervals: bool = True) -> Check:
+                        intervals: bool = True, datasets: PublishedDatasets | None = None) -> Check:
     """Check one submission folder completely; the evaluator's numbers are recomputed, never read.
 
     ``intervals=False`` recomputes everything but the bootstrap intervals (the costly part: 1,000 resamples,
     minutes for an MTD entry on 2 cores), for a quick pass over many entries; the command line always
-    checks them."""
+    checks them. ``datasets``, shared over many entries of the same ``data_root`` and ``annotations``, loads
+    each split once."""
     folder, data_root, annotations = Path(folder), Path(data_root), Path(annotations)
+    datasets = datasets or PublishedDatasets(data_root, annotations)
     check = Check(folder)
     if not is_safe_name(folder.name):
         check.problems.append(f"{folder.name!r}: not an entry name (letters, digits, '_', '-', '.'; a letter or "
@@ -134,7 +150,7 @@ def validate_submission(folder: str | Path, data_root: str | Path, annotations: 
         check.problems.append(str(exc))
     try:
         predictions = load_predictions(folder / PREDICTIONS_DIR)
-        dataset = load_published_dataset(data_root, annotations, split)
+        dataset = datasets(split)
         samples = claimed["bootstrap"]["samples"] if intervals else 0
         recomputed = evaluate(dataset, predictions, samples, claimed["bootstrap"]["seed"], progress,
                               replicates=intervals)
