@@ -19,6 +19,10 @@ then:
         --json runs/latency-vs-anomalib.json
 
 Without ``--anomalib-python`` only this project's rows are timed.
+
+Beside each of this project's torch rows: its convolution floor (``latency.convolution_floor``), the time its
+multiply-adds would take if every layer ran at the rate its heaviest convolution reaches alone, in the row's
+layout and precision: what direct convolution cannot go below on this CPU, whatever the runtime.
 """
 from __future__ import annotations
 
@@ -34,7 +38,9 @@ import numpy as np
 import torch
 
 from impeller_bench.common.files import atomic_write_bytes
+from impeller_bench import detectors
 from impeller_bench.inspection.latency import (
+    convolution_floor,
     finish_rows,
     test_image,
     time_interleaved,
@@ -131,11 +137,34 @@ def main(anomalib_python, runs, warmup, image_size, seed, no_onnx, json_path):
         if worker and row["method"].startswith("anomalib"):
             row["median_ms_in_worker"] = float(np.median(worker.own_ms[row["options"]["scoring_precision"]][warmup:]))
     for row in rows:
+        if row["runtime"] == "torch" and not row["method"].startswith("anomalib"):
+            row["convolution_floor"] = floor(row["method"], row["options"], image_size, seed)
+    for row in rows:
         precision = row["options"].get("scoring_precision", "float32")
+        floor_ms = row.get("convolution_floor", {}).get("floor_ms")
         click.echo(f"{row['method']:<34} {row['runtime']:<12} {precision:<9} median {row['median_ms']:7.1f} ms  "
-                   f"p90 {row['p90_ms']:7.1f} ms")
+                   f"p90 {row['p90_ms']:7.1f} ms" + (f"  convolution floor {floor_ms:6.1f} ms" if floor_ms else ""))
+    if worker:
+        anomalib = {row["options"]["scoring_precision"]: row["median_ms"] for row in rows
+                    if row["method"].startswith("anomalib")}
+        for row in rows:
+            if "convolution_floor" in row:
+                precision, cost = row["options"]["scoring_precision"], row["convolution_floor"]
+                click.echo(f"{row['method']} {precision}: half of anomalib's {precision} "
+                           f"{anomalib[precision] / 2:.1f} ms, half of its float32 {anomalib['float32'] / 2:.1f} ms; "
+                           f"floor {cost['floor_ms']:.1f} ms ({cost['multiply_adds'] / 1e9:.2f} G multiply-adds at "
+                           f"{cost['rate_per_s'] / 1e9:.0f} G/s, {cost['heaviest_layer']})")
     if json_path:
         atomic_write_bytes(json_path, (json.dumps(rows, indent=1) + "\n").encode())
+
+
+def floor(method: str, options: dict, image_size: int, seed: int) -> dict:
+    """``convolution_floor`` of ``method``'s scoring module as timed (untrained, CPU, its precision)."""
+    detector = detectors.create(method, device="cpu", seed=seed, image_size=image_size, **options)
+    detector.prepare_untrained()
+    module = detector.scoring_module().eval()
+    x = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    return convolution_floor(module, x, bfloat16=options.get("scoring_precision") == "bfloat16")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from impeller_bench.common.errors import ImpellerBenchError
 from impeller_bench.data import synth
 from impeller_bench.detectors.efficientad import training
 from impeller_bench.detectors.efficientad.networks import (
+    TEACHER_CHANNELS,
     AutoEncoder,
     TransposedDecoder,
     pdn,
@@ -170,6 +171,58 @@ def test_methods_timed_together_are_timed_in_turn():
     follows = Counter(pair for r in rounds for pair in zip(r, r[1:]))
     assert len(follows) == 6 and min(follows.values()) > 5  # every method follows every other, not always one
     assert [len(t) for t in times] == [60, 60, 60]
+
+
+def test_multiply_adds_count_each_layer_by_its_definition():
+    from impeller_bench.inspection.latency import multiply_adds
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)                           # 8x8 -> 6x6
+            self.grouped = torch.nn.Conv2d(4, 6, 2, stride=2, groups=2)    # 6x6 -> 3x3
+            self.up = torch.nn.ConvTranspose2d(6, 2, 2, stride=2)          # 3x3 -> 6x6
+            self.head = torch.nn.Linear(72, 5)
+
+        def forward(self, x):
+            y = self.up(self.grouped(self.conv(x)))
+            return self.head(self.conv(x).mean(1, keepdim=True).repeat(1, 2, 1, 1).flatten(1)), y
+
+    x = torch.rand(2, 3, 8, 8)
+    counts = multiply_adds(Net(), x)
+    # Brute force: every output element of a convolution sums over its group's inputs under the kernel.
+    conv_outputs = 2 * 4 * 6 * 6
+    assert counts == {"conv": 2 * conv_outputs * 3 * 3 * 3,  # called twice
+                      "grouped": 2 * 6 * 3 * 3 * (4 // 2) * 2 * 2,
+                      "up": 2 * 6 * 3 * 3 * 2 * 2 * 2,  # each input element spreads over out_channels x kernel
+                      "head": 2 * 5 * 72}
+
+
+def test_convolution_floor_is_the_multiply_adds_at_the_heaviest_layers_rate():
+    from impeller_bench.inspection.latency import convolution_floor, multiply_adds
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3))
+    x = torch.rand(1, 3, 40, 40)
+    floor = convolution_floor(net, x, runs=3)
+    counts = multiply_adds(net, x)
+    assert floor["heaviest_layer"] == "2" and floor["heaviest_multiply_adds"] == counts["2"] == 36 * 36 * 32 * 16 * 9
+    assert floor["multiply_adds"] == sum(counts.values())
+    assert floor["floor_ms"] == pytest.approx(1000 * floor["multiply_adds"] / floor["rate_per_s"])
+
+
+def test_the_pdn_scores_as_its_layers_composed_out_of_place():
+    """The networks' ReLUs run in place (a CPU economy): the outputs are those of the plain composition."""
+    net = pdn(TEACHER_CHANNELS).eval()
+    x = torch.rand(1, 3, 64, 64)
+    layers = [layer for layer in net if not isinstance(layer, torch.nn.ReLU)]
+    expected = x
+    for layer in layers:
+        expected = layer(expected)
+        if isinstance(layer, torch.nn.Conv2d) and layer is not layers[-1]:
+            expected = torch.relu(expected)
+    with torch.inference_mode():
+        assert torch.equal(net(x), expected.detach())
+    assert all(layer.inplace for layer in net if isinstance(layer, torch.nn.ReLU))
 
 
 def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(monkeypatch):

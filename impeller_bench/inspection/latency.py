@@ -157,3 +157,64 @@ def latency_plot(results: list[dict], path) -> None:
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def multiply_adds(module: torch.nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
+    """The multiply-adds one call of ``module(*inputs)`` runs in each of its convolutions, transposed
+    convolutions and linear layers, by qualified name (a layer called twice counts twice).
+
+    A convolution does (in_channels / groups) x kernel area per output element; a transposed convolution
+    (out_channels / groups) x kernel area per input element; a linear layer in_features per output element."""
+    counts: dict[str, int] = Counter()
+
+    def count(name):
+        def hook(layer, args, output):
+            if isinstance(layer, torch.nn.ConvTranspose2d):
+                per = layer.out_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+                counts[name] += args[0].numel() * per
+            elif isinstance(layer, torch.nn.Conv2d):
+                per = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+                counts[name] += output.numel() * per
+            else:
+                counts[name] += output.numel() * layer.in_features
+        return hook
+
+    handles = [layer.register_forward_hook(count(name)) for name, layer in module.named_modules()
+               if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return dict(counts)
+
+
+def convolution_floor(module: torch.nn.Module, x: torch.Tensor, runs: int = 20,
+                      bfloat16: bool = False) -> dict:
+    """The least time ``module(x)`` could take on this machine if every layer ran at the rate the heaviest
+    convolution reaches alone: its multiply-adds over that rate (the heaviest layer's own median of ``runs``
+    calls on its real input, after 3 untimed ones, in ``x``'s layout; bfloat16 autocast with ``bfloat16``).
+    Returns the total and the heaviest layer's multiply-adds, the rate (multiply-adds per second) and the floor
+    in ms."""
+    counts = multiply_adds(module, x)
+    heaviest_name = max(counts, key=counts.get)
+    heaviest = module.get_submodule(heaviest_name)
+    seen = []
+    handle = heaviest.register_forward_pre_hook(lambda layer, args: seen.append(args[0].clone()))
+    try:
+        with torch.inference_mode():
+            module(x)
+    finally:
+        handle.remove()
+    layer_input, ms = seen[0], []
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bfloat16):
+        for k in range(3 + runs):
+            start = time.perf_counter()
+            heaviest(layer_input)
+            if k >= 3:
+                ms.append(1000 * (time.perf_counter() - start))
+    rate = counts[heaviest_name] / len(seen) / (float(np.median(ms)) / 1000)  # per call of the layer
+    total = sum(counts.values())
+    return {"multiply_adds": total, "heaviest_layer": heaviest_name, "heaviest_multiply_adds": counts[heaviest_name],
+            "rate_per_s": rate, "floor_ms": 1000 * total / rate}
