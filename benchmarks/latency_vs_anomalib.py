@@ -37,8 +37,8 @@ import click
 import numpy as np
 import torch
 
-from impeller_bench.common.files import atomic_write_bytes
 from impeller_bench import detectors
+from impeller_bench.common.files import atomic_write_bytes
 from impeller_bench.inspection.latency import (
     convolution_floor,
     finish_rows,

@@ -225,6 +225,27 @@ def test_the_pdn_scores_as_its_layers_composed_out_of_place():
     assert all(layer.inplace for layer in net if isinstance(layer, torch.nn.ReLU))
 
 
+@pytest.mark.parametrize("network", ["pdn", "transposed", "bilinear"])
+def test_in_place_relus_train_as_out_of_place_ones(network):
+    """Same outputs and same gradients as a copy whose ReLUs are out of place (training included)."""
+    import copy
+
+    torch.manual_seed(0)
+    net = (pdn(TEACHER_CHANNELS) if network == "pdn" else AutoEncoder(64, decoder=network, dropout=0.0)).train()
+    plain = copy.deepcopy(net)
+    relus = [layer for layer in plain.modules() if isinstance(layer, torch.nn.ReLU)]
+    assert relus and all(layer.inplace for layer in relus)
+    for layer in relus:
+        layer.inplace = False
+    x = torch.rand(2, 3, 64, 64)
+    outputs = [model(x) for model in (net, plain)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    for output in outputs:
+        (output ** 2).mean().backward()
+    for (name, a), b in zip(net.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
+
+
 def test_latency_options_reach_every_model_and_are_refused_before_any_is_built(monkeypatch):
     from impeller_bench.inspection import latency
 
