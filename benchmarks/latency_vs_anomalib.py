@@ -81,7 +81,11 @@ class AnomalibWorker:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         self.process = subprocess.Popen([str(python), str(self.script), str(threads), str(image_size), str(seed)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.versions = self._line()
+        try:
+            self.versions = self._line()
+        except click.ClickException:
+            self.script.unlink()
+            raise
         self.own_ms = {}  # precision -> the worker's own clock per call (the pipe's round trip excluded)
 
     def _line(self) -> str:
@@ -109,11 +113,14 @@ class AnomalibWorker:
               help="The python of a virtual environment with anomalib (see the module's docstring).")
 @click.option("--runs", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
-@click.option("--image-size", default=256, show_default=True, type=int)
+@click.option("--image-size", default=256, show_default=True, type=click.IntRange(32),
+              help="A multiple of 32 (the autoencoder halves it five times).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--no-onnx", is_flag=True, help="Leave out the ONNX Runtime rows.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows here.")
 def main(anomalib_python, runs, warmup, image_size, seed, no_onnx, json_path):
+    if image_size % 32:
+        raise click.BadParameter(f"{image_size} is not a multiple of 32", param_hint="--image-size")
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as folder:
         timed = []
@@ -144,16 +151,33 @@ def main(anomalib_python, runs, warmup, image_size, seed, no_onnx, json_path):
         floor_ms = row.get("convolution_floor", {}).get("floor_ms")
         click.echo(f"{row['method']:<34} {row['runtime']:<12} {precision:<9} median {row['median_ms']:7.1f} ms  "
                    f"p90 {row['p90_ms']:7.1f} ms" + (f"  convolution floor {floor_ms:6.1f} ms" if floor_ms else ""))
-    if worker:
-        anomalib = {row["options"]["scoring_precision"]: row["median_ms"] for row in rows
-                    if row["method"].startswith("anomalib")}
-        for row in rows:
-            if "convolution_floor" in row:
-                precision, cost = row["options"]["scoring_precision"], row["convolution_floor"]
-                click.echo(f"{row['method']} {precision}: half of anomalib's {precision} "
-                           f"{anomalib[precision] / 2:.1f} ms, half of its float32 {anomalib['float32'] / 2:.1f} ms; "
-                           f"floor {cost['floor_ms']:.1f} ms ({cost['multiply_adds'] / 1e9:.2f} G multiply-adds at "
-                           f"{cost['rate_per_s'] / 1e9:.0f} G/s, {cost['heaviest_layer']})")
+    if not worker:
+        click.echo("anomalib not timed (give --anomalib-python; see the module's docstring)")
+        return write(rows, json_path)
+    click.echo(f"anomalib worker: {worker.versions}")
+    anomalib = {row["options"]["scoring_precision"]: row["median_ms"] for row in rows
+                if row["method"].startswith("anomalib")}
+    for row in rows:
+        if row["method"].startswith("anomalib"):
+            continue
+        precision = row["options"]["scoring_precision"]
+        row["of_anomalib_float32"] = row["median_ms"] / anomalib["float32"]
+        row[f"of_anomalib_{precision}"] = row["median_ms"] / anomalib[precision]
+        line = (f"{row['method']} {row['runtime']} {precision}: {row['of_anomalib_float32']:.2f} of anomalib's "
+                f"float32 (half: {anomalib['float32'] / 2:.1f} ms)")
+        if precision != "float32":
+            line += (f", {row[f'of_anomalib_{precision}']:.2f} of its {precision} "
+                     f"(half: {anomalib[precision] / 2:.1f} ms)")
+        if "convolution_floor" in row:
+            cost = row["convolution_floor"]
+            line += (f"; floor {cost['floor_ms']:.1f} ms ({cost['multiply_adds'] / 1e9:.2f} G multiply-adds at "
+                     f"{cost['rate_per_s'] / 1e9:.0f} G/s, {cost['heaviest_layer']})")
+        click.echo(line)
+    write(rows, json_path)
+
+
+def write(rows: list[dict], json_path: Path | None) -> None:
+    """The rows as JSON at ``json_path``, atomically (nothing without a path)."""
     if json_path:
         atomic_write_bytes(json_path, (json.dumps(rows, indent=1) + "\n").encode())
 

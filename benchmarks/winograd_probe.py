@@ -14,13 +14,14 @@ A probe, not a code path: the detectors convolve directly.
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from impeller_bench.inspection.latency import time_interleaved
 
 POINTS = (0.0, 1.0, -1.0, 2.0, -2.0)  # with the point at infinity: alpha = 6 for both transforms timed
 
@@ -88,17 +89,6 @@ class WinogradConv2d(nn.Module):
         return y.permute(0, 3, 1, 2)
 
 
-def median_ms(call, runs: int) -> float:
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(1000 * (time.perf_counter() - start))
-    return float(np.median(times))
-
-
 # PDN-S at 256 x 256: (in, out, kernel, input side, Winograd tile m)
 SHAPES = ((128, 256, 4, 126, 3), (256, 256, 3, 61, 4), (256, 768, 4, 59, 3))
 
@@ -106,7 +96,10 @@ SHAPES = ((128, 256, 4, 126, 3), (256, 256, 3, 61, 4), (256, 768, 4, 59, 3))
 @click.command()
 @click.option("--runs", default=10, show_default=True, type=click.IntRange(1))
 def main(runs):
+    """Per shape: direct, Winograd eager and Winograd compiled timed in turn, ``runs`` rounds after 3 (every
+    round in a fresh random order, ``latency.time_interleaved``), median ms; then the three shapes' sums."""
     torch.manual_seed(0)
+    totals = np.zeros(3)
     with torch.inference_mode():
         for cin, cout, kernel, side, m in SHAPES:
             conv = nn.Conv2d(cin, cout, kernel).eval().to(memory_format=torch.channels_last)
@@ -116,10 +109,14 @@ def main(runs):
             error = float((winograd(x) - direct).abs().max() / direct.abs().max())
             compiled = torch.compile(winograd)
             compiled(x)
-            click.echo(f"conv {cin}->{cout} k{kernel} on {side}x{side}: "
-                       f"direct {median_ms(lambda: conv(x), runs):.1f} ms,"
-                       f" Winograd F({m}x{m}, {kernel}x{kernel}) eager {median_ms(lambda: winograd(x), runs):.1f} ms,"
-                       f" compiled {median_ms(lambda: compiled(x), runs):.1f} ms; max error / max |output| {error:.1e}")
+            calls = [lambda images, f=f: f(x) for f in (conv, winograd, compiled)]
+            medians = np.array([np.median(t) for t in time_interleaved(calls, np.zeros((1, 1)), runs, 3)])
+            totals += medians
+            click.echo(f"conv {cin}->{cout} k{kernel} on {side}x{side}: direct {medians[0]:.1f} ms, Winograd "
+                       f"F({m}x{m}, {kernel}x{kernel}) eager {medians[1]:.1f} ms, compiled {medians[2]:.1f} ms; "
+                       f"max error / max |output| {error:.1e}")
+    click.echo(f"the three shapes: direct {totals[0]:.1f} ms, Winograd eager {totals[1]:.1f} ms, "
+               f"compiled {totals[2]:.1f} ms")
 
 
 if __name__ == "__main__":
