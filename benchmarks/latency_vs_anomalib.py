@@ -70,6 +70,9 @@ with torch.inference_mode():
 """
 
 
+ANOMALIB = "anomalib EfficientAdModel (small)"
+
+
 class AnomalibWorker:
     """anomalib's EfficientAD-S in its own environment's process, as a ``score_images`` the timing loop calls."""
 
@@ -113,14 +116,14 @@ class AnomalibWorker:
               help="The python of a virtual environment with anomalib (see the module's docstring).")
 @click.option("--runs", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(0))
-@click.option("--image-size", default=256, show_default=True, type=click.IntRange(32),
+@click.option("--image-size", default=256, show_default=True, type=int,
               help="A multiple of 32 (the autoencoder halves it five times).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--no-onnx", is_flag=True, help="Leave out the ONNX Runtime rows.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows here.")
 def main(anomalib_python, runs, warmup, image_size, seed, no_onnx, json_path):
-    if image_size % 32:
-        raise click.BadParameter(f"{image_size} is not a multiple of 32", param_hint="--image-size")
+    if image_size < 32 or image_size % 32:
+        raise click.BadParameter(f"{image_size} is not a positive multiple of 32", param_hint="--image-size")
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as folder:
         timed = []
@@ -131,7 +134,7 @@ def main(anomalib_python, runs, warmup, image_size, seed, no_onnx, json_path):
         try:
             if worker:
                 for precision in ("float32", "bfloat16"):
-                    timed.append(({"method": "anomalib EfficientAdModel (small)", "runtime": "torch",
+                    timed.append(({"method": ANOMALIB, "runtime": "torch",
                                    "versions": worker.versions, "device": "cpu", "threads": threads,
                                    "image_size": image_size, "batch_size": 1,
                                    "options": {"scoring_precision": precision}}, worker.scorer(precision)))
@@ -141,10 +144,10 @@ def main(anomalib_python, runs, warmup, image_size, seed, no_onnx, json_path):
                 worker.close()
     rows = finish_rows(timed, times, runs, warmup)
     for row in rows:  # the rows' times include the pipe's round trip; the worker's own median beside them
-        if worker and row["method"].startswith("anomalib"):
+        if row["method"] == ANOMALIB:
             row["median_ms_in_worker"] = float(np.median(worker.own_ms[row["options"]["scoring_precision"]][warmup:]))
     for row in rows:
-        if row["runtime"] == "torch" and not row["method"].startswith("anomalib"):
+        if row["runtime"] == "torch" and row["method"] != ANOMALIB:
             row["convolution_floor"] = floor(row["method"], row["options"], image_size, seed)
     for row in rows:
         precision = row["options"].get("scoring_precision", "float32")
@@ -156,9 +159,9 @@ def main(anomalib_python, runs, warmup, image_size, seed, no_onnx, json_path):
         return write(rows, json_path)
     click.echo(f"anomalib worker: {worker.versions}")
     anomalib = {row["options"]["scoring_precision"]: row["median_ms"] for row in rows
-                if row["method"].startswith("anomalib")}
+                if row["method"] == ANOMALIB}
     for row in rows:
-        if row["method"].startswith("anomalib"):
+        if row["method"] == ANOMALIB:
             continue
         precision = row["options"]["scoring_precision"]
         row["of_anomalib_float32"] = row["median_ms"] / anomalib["float32"]
